@@ -1,0 +1,1 @@
+"""Translators to the outside world: mail now; SAML, OIDC and SCIM later."""

@@ -1,0 +1,217 @@
+"""The `idp` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+
+from idp.settings import SettingsError, load_settings
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"idp: {message}", file=sys.stderr)
+    return code
+
+
+def _app():  # type: ignore[no-untyped-def]
+    from idp.app import create_app
+
+    return create_app(load_settings())
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from idp.keys import ensure_keys
+
+    settings = load_settings()
+    made = ensure_keys(settings.keys_dir)
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    app = _app()
+    with app.app_context():
+        from idp import migrate
+
+        migrate.upgrade()
+    for path in made:
+        print(f"created key {path}")
+    where = settings.database_url if not settings.is_sqlite else str(settings.instance_dir / "portcullis.sqlite3")
+    if not args.quiet:
+        print(f"database ready: {_redact(where)}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a path, not a URL
+        return url
+
+
+def cmd_workspace_create(args: argparse.Namespace) -> int:
+    from idp.services.context import Context
+    from idp.services.workspaces import create_workspace
+
+    with _app().app_context():
+        workspace = create_workspace(Context.operator(), args.name)
+        print(workspace.slug)
+    return 0
+
+
+def cmd_admin_create(args: argparse.Namespace) -> int:
+    from idp.services.context import Context
+    from idp.services.invitations import invite_user
+    from idp.services.workspaces import get_workspace
+
+    with _app().app_context():
+        workspace = get_workspace(args.workspace)
+        issued = invite_user(
+            Context.operator(), workspace, email=args.email, role="admin",
+            full_name=args.name or "", setup=True, send_mail=False,
+        )
+        print(issued.link)
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from idp.keys import rotate_keys
+
+    for path in rotate_keys(load_settings().keys_dir):
+        print(f"created key {path}")
+    return 0
+
+
+def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
+    conf = resources.files("idp") / "gunicorn_conf.py"
+    return [
+        sys.executable, "-m", "gunicorn", "-c", str(conf),
+        "--bind", f"{host}:{port}", "--workers", str(workers), "--threads", str(threads),
+        "idp.wsgi:app",
+    ]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    server = settings["server"]
+    host = args.host or server["host"]
+    port = args.port or server["port"]
+    workers = args.workers or server["workers"]
+    if not 0 < port < 65536:
+        return _fail(f"--port must be between 1 and 65535, not {port}")
+    if workers < 1:
+        return _fail("--workers must be at least 1")
+    # Keys and schema before any worker starts, so workers never race.
+    cmd_init(argparse.Namespace(quiet=True))
+    shown = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
+    print(f"Portcullis is running at http://{shown}:{port}  (public URL {settings.public_url})",
+          flush=True)
+    if args.dev:
+        app = _app()
+        app.run(host=host, port=port, use_reloader=True, debug=False, threaded=True)
+        return 0
+    argv = _gunicorn_argv(host, port, workers, server["threads"])
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Everything a first look needs: keys, database, a workspace with a
+    first admin, the set-up link, and the server."""
+    cmd_init(argparse.Namespace(quiet=True))
+    import sqlalchemy as sa
+
+    from idp.db import db
+    from idp.models import User, Workspace
+    from idp.services.context import Context
+    from idp.services.invitations import invite_user, resend_invitation
+    from idp.services.workspaces import create_workspace
+
+    with _app().app_context():
+        workspace = db.session.scalar(sa.select(Workspace).order_by(Workspace.created_at))
+        if workspace is None:
+            workspace = create_workspace(Context.operator(), args.workspace)
+            print(f"Created workspace {workspace.name!r} (slug {workspace.slug})")
+        pending = db.session.scalar(
+            sa.select(User).where(User.workspace_id == workspace.id, User.role == "admin")
+        )
+        if pending is None:
+            issued = invite_user(Context.operator(), workspace, email=args.admin, role="admin",
+                                 full_name="", setup=True, send_mail=False)
+            link = issued.link
+        elif pending.status == "invited":
+            link = resend_invitation(Context.operator(), workspace, pending.id, send_mail=False).link
+        else:
+            link = None
+    if link:
+        print(f"\nSet up the first admin ({args.admin}) by opening:\n    {link}\n", flush=True)
+    else:
+        print("\nThe workspace already has an admin; sign in at http://localhost:8000/login\n",
+              flush=True)
+    return cmd_serve(argparse.Namespace(host="127.0.0.1", port=args.port, workers=None, dev=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idp", description="Portcullis identity provider")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create keys, the instance folder and the database schema")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", help="run the server with gunicorn")
+    p.add_argument("--host", help="address to listen on (default from [server])")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (default 2)")
+    p.add_argument("--dev", action="store_true", help="Flask's reloading server, for development")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("quickstart", help="init, first workspace and admin link, then serve")
+    p.add_argument("--workspace", default="Example", help="name of the first workspace")
+    p.add_argument("--admin", default="admin@example.com", help="email of the first admin")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_quickstart)
+
+    ws = sub.add_parser("workspace", help="manage workspaces").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = ws.add_parser("create", help="create a workspace and print its slug")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_workspace_create)
+
+    adm = sub.add_parser("admin", help="manage admins").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = adm.add_parser("create", help="create an admin and print a one-time set-up link")
+    p.add_argument("--workspace", required=True, metavar="SLUG")
+    p.add_argument("--name", default="", help="the admin's full name")
+    p.add_argument("email")
+    p.set_defaults(func=cmd_admin_create)
+
+    keys = sub.add_parser("keys", help="manage key material").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = keys.add_parser("rotate", help="add a new key of each kind; old ones keep verifying")
+    p.set_defaults(func=cmd_keys_rotate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from idp.services.errors import ServiceError
+
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        return _fail(f"settings: {exc}")
+    except ServiceError as exc:
+        return _fail(exc.message, 1)
+    except Exception as exc:  # noqa: BLE001 - keys missing, database unreachable
+        from idp.keys import KeysMissing
+        import sqlalchemy as sa
+
+        if isinstance(exc, (KeysMissing, sa.exc.OperationalError)):
+            return _fail(str(exc).splitlines()[0], 1)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The client address: the socket peer, or the right-most untrusted hop of
+X-Forwarded-For when the peer is a trusted proxy."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def parse_address(text: str | None) -> IPAddress | None:
+    """An address in canonical form (IPv4-mapped IPv6 as IPv4), or None."""
+    if not text:
+        return None
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id:
+            return None
+    return address
+
+
+def is_trusted(address: IPAddress | None, trusted: Sequence[IPNetwork]) -> bool:
+    return address is not None and any(
+        address.version == net.version and address in net for net in trusted
+    )
+
+
+def resolve_client(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
+) -> str | None:
+    """The client address as text, or None when it cannot be known.
+
+    Forwarded headers are read only when the peer itself is trusted; then the
+    hops are walked from the right, skipping trusted proxies, and the first
+    untrusted one is the client. A hop that does not parse makes the client
+    unknown rather than letting a forged value through.
+    """
+    peer_address = parse_address(peer)
+    if not is_trusted(peer_address, trusted) or forwarded_for is None:
+        return str(peer_address) if peer_address else None
+    hops = [hop.strip() for hop in forwarded_for.split(",")]
+    for hop in reversed(hops):
+        address = parse_address(hop)
+        if address is None:
+            return None
+        if not is_trusted(address, trusted):
+            return str(address)
+    # Every hop was one of our own proxies: the left-most is the client.
+    first = parse_address(hops[0]) if hops else None
+    return str(first) if first else None

@@ -1,0 +1,182 @@
+"""Server-side sessions: issue, load on every request, revoke."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+import policies
+from idp.clock import now
+from idp.db import db
+from idp.models import Session, User
+from idp.security import new_token, token_digest
+from idp.services import audit
+from idp.services.context import Client, Context
+from idp.services.errors import NotFound
+from idp.state import settings
+
+# Longest token we will even hash: ours are 43 characters.
+MAX_TOKEN_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class Loaded:
+    session: Session
+    user: User
+
+
+def user_facts(user: User | None) -> policies.UserFacts | None:
+    if user is None:
+        return None
+    return policies.UserFacts(id=str(user.id), role=user.role, status=user.status)
+
+
+def session_facts(session: Session) -> policies.SessionFacts:
+    return policies.SessionFacts(
+        created_at=session.created_at,
+        authenticated_at=session.authenticated_at,
+        last_seen_at=session.last_seen_at,
+        mfa_at=session.mfa_at,
+        amr=tuple(session.amr or ()),
+        via_sso=session.sso_connection_id is not None,
+    )
+
+
+def issue(user: User, client: Client, *, amr: list[str], authenticated_at: datetime) -> str:
+    """Add a new session to the current transaction; return its token."""
+    token = new_token()
+    moment = now()
+    db.session.add(
+        Session(
+            workspace_id=user.workspace_id,
+            user_id=user.id,
+            token_hash=token_digest(token),
+            created_at=moment,
+            authenticated_at=authenticated_at,
+            last_seen_at=moment,
+            amr=amr,
+            ip=client.ip,
+            user_agent=(client.user_agent or "")[:512] or None,
+        )
+    )
+    return token
+
+
+def load(token: str | None, client: Client) -> Loaded | None:
+    """The live session for a cookie value, read from the database on every
+    call so that revocation, disabling and role changes apply at once."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    row = db.session.execute(
+        sa.select(Session, User)
+        .join(User, User.id == Session.user_id)
+        .where(Session.token_hash == token_digest(token), Session.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    session, user = row
+    moment = now()
+    lifetime = timedelta(days=settings()["sessions"]["absolute_lifetime_days"])
+    if moment - session.authenticated_at >= lifetime:
+        return None
+    decision = policies.evaluate(
+        policies.PolicyContext(
+            now=moment,
+            user=user_facts(user),
+            session=session_facts(session),
+            client_ip=client.ip,
+        ),
+        policies.CHECK,
+    )
+    if decision is not None:
+        return None
+    interval = settings()["sessions"]["last_seen_interval_seconds"]
+    if (moment - session.last_seen_at).total_seconds() >= interval:
+        # Conditional, so two parallel requests write once and a revocation
+        # committed meanwhile is never undone.
+        db.session.execute(
+            sa.update(Session)
+            .where(Session.id == session.id, Session.last_seen_at == session.last_seen_at)
+            .values(last_seen_at=moment)
+        )
+        db.session.execute(
+            sa.update(User).where(User.id == user.id).values(last_seen_at=moment)
+        )
+        db.session.commit()
+    return Loaded(session, user)
+
+
+def active_sessions(user: User) -> list[Session]:
+    lifetime = timedelta(days=settings()["sessions"]["absolute_lifetime_days"])
+    return list(
+        db.session.scalars(
+            sa.select(Session)
+            .where(
+                Session.user_id == user.id,
+                Session.revoked_at.is_(None),
+                Session.authenticated_at > now() - lifetime,
+            )
+            .order_by(Session.last_seen_at.desc())
+        )
+    )
+
+
+def revoke_where(*conditions: sa.ColumnElement[bool], reason: str) -> int:
+    """Revoke every live session matching ``conditions``; part of the caller's
+    transaction."""
+    result = db.session.execute(
+        sa.update(Session)
+        .where(Session.revoked_at.is_(None), *conditions)
+        .values(revoked_at=now(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def revoke_user_sessions(user_id: uuid.UUID, reason: str, *, keep: uuid.UUID | None = None) -> int:
+    conditions = [Session.user_id == user_id]
+    if keep is not None:
+        conditions.append(Session.id != keep)
+    return revoke_where(*conditions, reason=reason)
+
+
+def sign_out(ctx: Context) -> None:
+    """End the caller's own session."""
+    if ctx.session is None or ctx.user is None:
+        return
+    revoke_where(Session.id == ctx.session.id, reason="logout")
+    audit.record(ctx, "session.logout", workspace_id=ctx.user.workspace_id, target=ctx.user)
+    db.session.commit()
+
+
+def sign_out_others(ctx: Context) -> int:
+    """*Log out all other sessions*: every session of the caller but this one."""
+    assert ctx.user is not None and ctx.session is not None
+    count = revoke_user_sessions(ctx.user.id, "logout_others", keep=ctx.session.id)
+    audit.record(
+        ctx,
+        "session.logout_others",
+        workspace_id=ctx.user.workspace_id,
+        target=ctx.user,
+        details={"sessions_ended": count},
+    )
+    db.session.commit()
+    return count
+
+
+def end_own_session(ctx: Context, session_id: uuid.UUID) -> None:
+    """End one of the caller's other sessions from the session list."""
+    assert ctx.user is not None
+    count = revoke_where(
+        Session.id == session_id, Session.user_id == ctx.user.id, reason="ended_by_user"
+    )
+    if count == 0:
+        raise NotFound("That session does not exist or has already ended.")
+    audit.record(
+        ctx, "session.end", workspace_id=ctx.user.workspace_id, target=ctx.user,
+        details={"session": str(session_id)},
+    )
+    db.session.commit()

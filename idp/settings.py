@@ -1,0 +1,190 @@
+"""Settings: packaged defaults, then an optional TOML file, then the environment.
+
+Every key must exist in ``defaults.toml``; anything else stops start-up with
+its name, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "IDP_"
+# Variables of ours that are not settings.
+ENV_NOT_SETTINGS = frozenset({"IDP_CONFIG"})
+
+
+class SettingsError(Exception):
+    """A setting is unknown or has a value of the wrong kind."""
+
+
+def load_defaults() -> dict[str, Any]:
+    text = resources.files("idp").joinpath("defaults.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def _coerce(name: str, default: Any, value: Any) -> Any:
+    """Turn ``value`` into the type of ``default``, or raise SettingsError."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, list):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    raise SettingsError(f"setting {name!r} has an invalid value: {value!r}")
+
+
+def _merge(into: dict[str, Any], overrides: Mapping[str, Any], origin: str) -> None:
+    for key, value in overrides.items():
+        if key not in into:
+            raise SettingsError(f"unknown setting {key!r} in {origin}")
+        if isinstance(into[key], dict):
+            if not isinstance(value, Mapping):
+                raise SettingsError(f"setting {key!r} in {origin} must be a table")
+            for sub, subvalue in value.items():
+                if sub not in into[key]:
+                    raise SettingsError(f"unknown setting '{key}.{sub}' in {origin}")
+                into[key][sub] = _coerce(f"{key}.{sub}", into[key][sub], subvalue)
+        else:
+            into[key] = _coerce(key, into[key], value)
+
+
+def _env_overrides(
+    defaults: Mapping[str, Any], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_SETTINGS:
+            continue
+        name = var[len(ENV_PREFIX) :].lower()
+        section, sep, key = name.partition("__")
+        if sep:
+            if not isinstance(defaults.get(section), dict) or key not in defaults[section]:
+                raise SettingsError(f"unknown environment variable {var}")
+            found.setdefault(section, {})[key] = value
+        else:
+            if name not in defaults or isinstance(defaults[name], dict):
+                raise SettingsError(f"unknown environment variable {var}")
+            found[name] = value
+    return found
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings, validated; sections are plain dicts."""
+
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, dotted: str) -> Any:
+        section, _, key = dotted.partition(".")
+        return self.values[section][key] if key else self.values[section]
+
+    @property
+    def public_url(self) -> str:
+        return str(self.values["public_url"]).rstrip("/")
+
+    @property
+    def public_scheme(self) -> str:
+        return urlsplit(self.public_url).scheme
+
+    @property
+    def public_host(self) -> str:
+        return urlsplit(self.public_url).hostname or "localhost"
+
+    @property
+    def instance_dir(self) -> Path:
+        return Path(self.values["instance_dir"]).resolve()
+
+    @property
+    def keys_dir(self) -> Path:
+        return Path(self.values["keys_dir"]).resolve()
+
+    @property
+    def database_url(self) -> str:
+        url = self.values["database_url"]
+        if url:
+            return str(url)
+        return f"sqlite:///{self.instance_dir / 'portcullis.sqlite3'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _validate(values: dict[str, Any]) -> None:
+    parts = urlsplit(values["public_url"])
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError("public_url must be an http or https URL with a host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise SettingsError("public_url must not have a path, query or fragment")
+    smtp = values["smtp_url"]
+    if smtp and urlsplit(smtp).scheme not in ("smtp", "smtp+starttls", "smtps"):
+        raise SettingsError("smtp_url must start with smtp://, smtp+starttls:// or smtps://")
+    pw = values["passwords"]
+    if pw["min_length"] < 8:
+        raise SettingsError("passwords.min_length must be at least 8")
+    if not pw["min_length"] <= pw["max_length"] <= 4096:
+        raise SettingsError("passwords.max_length must be between min_length and 4096")
+    if values["signin"]["hash_concurrency"] < 1:
+        raise SettingsError("signin.hash_concurrency must be at least 1")
+    for entry in values["gateway"]["trusted_proxies"]:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise SettingsError(f"gateway.trusted_proxies: {entry!r} is not an address or range") from exc
+    if values["log"]["format"] not in ("text", "json"):
+        raise SettingsError('log.format must be "text" or "json"')
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults, then the file named by IDP_CONFIG, then IDP_ variables, then
+    ``overrides`` (tests)."""
+    environ = os.environ if environ is None else environ
+    values = load_defaults()
+    config_file = environ.get("IDP_CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                _merge(values, tomllib.load(fh), config_file)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read {config_file}: {exc}") from exc
+    _merge(values, _env_overrides(values, environ), "the environment")
+    if overrides:
+        _merge(values, overrides, "overrides")
+    _validate(values)
+    return Settings(values)

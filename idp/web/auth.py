@@ -1,0 +1,235 @@
+"""Sign-in, sign-out, invitations, password reset and email confirmation."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, session, url_for
+
+from idp.db import db
+from idp.services import account, invitations, sessions, signin
+from idp.services.errors import InvalidInput, InvalidLink
+from idp.state import settings
+from idp.web.requests import clear_session_cookie, context, set_session_cookie
+from idp.web.returnurl import DEFAULT, safe_return_url
+
+bp = Blueprint("auth", __name__)
+
+MAX_EMAIL_FIELD = 400
+MAX_NAME_FIELD = 400
+
+
+def _field(name: str, limit: int) -> str:
+    value = request.form.get(name, "")
+    if len(value) > limit:
+        raise InvalidInput(f"The {name.replace('_', ' ')} field is too long.")
+    return value
+
+
+def _flow_fresh(key: str) -> dict | None:
+    state = session.get(key)
+    if not isinstance(state, dict):
+        return None
+    if time.time() - state.get("at", 0) > settings()["sessions"]["flow_lifetime_seconds"]:
+        session.pop(key, None)
+        return None
+    return state
+
+
+def finish_sign_in(token: str, return_to: str | None) -> Response:
+    """Answer a completed sign-in: new cookie, a fresh flow (new CSRF token,
+    no half-finished state), then where the person was going."""
+    session.clear()
+    response = redirect(safe_return_url(return_to) or DEFAULT)
+    set_session_cookie(response, token)
+    g.cookie_set = True
+    return response
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():  # type: ignore[no-untyped-def]
+    return_to = safe_return_url(request.values.get("rd"))
+    if g.loaded is not None and request.method == "GET":
+        return redirect(return_to or DEFAULT)
+    if request.method == "POST":
+        email = _field("email", MAX_EMAIL_FIELD).strip()
+        if not email:
+            return render_template("auth/login_email.html", error="Enter your email address.",
+                                   rd=return_to), 400
+        session["login"] = {"email": email, "at": time.time(), "rd": return_to}
+        return redirect(url_for("auth.password"))
+    expired = request.args.get("expired") == "1"
+    return render_template("auth/login_email.html", rd=return_to, expired=expired)
+
+
+@bp.route("/login/password", methods=["GET", "POST"])
+def password():  # type: ignore[no-untyped-def]
+    flow = _flow_fresh("login")
+    if flow is None:
+        return redirect(url_for("auth.login"))
+    if request.method == "GET":
+        return render_template("auth/login_password.html", email=flow["email"])
+    typed = request.form.get("password", "")
+    try:
+        matched = signin.check_password(context(), flow["email"], typed)
+    except signin.SignInFailed as exc:
+        return render_template("auth/login_password.html", email=flow["email"], error=exc.message), 401
+    if len(matched) == 1:
+        token = signin.complete_sign_in(context(), matched[0], amr=["pwd"])
+        return finish_sign_in(token, flow.get("rd"))
+    session["choose"] = {"ids": [str(u.id) for u in matched], "at": time.time(), "rd": flow.get("rd")}
+    session.pop("login", None)
+    return redirect(url_for("auth.choose_workspace"))
+
+
+@bp.route("/login/workspace", methods=["GET", "POST"])
+def choose_workspace():  # type: ignore[no-untyped-def]
+    flow = _flow_fresh("choose")
+    if flow is None:
+        return redirect(url_for("auth.login"))
+    if request.method == "POST":
+        user = signin.account_in(flow["ids"], request.form.get("account", ""))
+        if user is None:
+            abort(400)
+        token = signin.complete_sign_in(context(), user, amr=["pwd"])
+        return finish_sign_in(token, flow.get("rd"))
+    from idp.models import User, Workspace
+
+    accounts = [db.session.get(User, uuid.UUID(i)) for i in flow["ids"]]
+    choices = [(u, db.session.get(Workspace, u.workspace_id)) for u in accounts if u]
+    return render_template("auth/choose_workspace.html", choices=choices)
+
+
+@bp.post("/logout")
+def logout():  # type: ignore[no-untyped-def]
+    if g.loaded is not None:
+        sessions.sign_out(context())
+    session.clear()
+    response = redirect(url_for("auth.login"))
+    clear_session_cookie(response)
+    g.cookie_set = True
+    flash("You are signed out.")
+    return response
+
+
+@bp.route("/login/forgot", methods=["GET", "POST"])
+def forgot():  # type: ignore[no-untyped-def]
+    if request.method == "POST":
+        account.request_password_reset(context(), _field("email", MAX_EMAIL_FIELD))
+        return render_template(
+            "auth/message.html", title="Check your email",
+            message="If an account uses that address, we have sent it a link to choose a "
+            "new password. The link works once, for one hour.",
+        )
+    return render_template("auth/forgot.html")
+
+
+# Links that carry a secret are exchanged for the flow cookie on arrival, so
+# the secret leaves the address bar, history and Referer at once (ASVS 14.2.1).
+def _exchange(key: str, token: str, endpoint: str) -> Response:
+    if len(token) > 128:
+        abort(404)
+    session[key] = {"token": token, "at": time.time()}
+    response = redirect(url_for(endpoint))
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _held(key: str) -> str | None:
+    flow = session.get(key)
+    if isinstance(flow, dict) and time.time() - flow.get("at", 0) < 3600:
+        return flow.get("token")
+    return None
+
+
+def _invalid_link() -> tuple[str, int]:
+    return render_template(
+        "auth/message.html", title="Invalid link",
+        message=InvalidLink().message + " Ask for a new one.",
+    ), 400
+
+
+@bp.get("/invite/<token>")
+def invite_link(token: str):  # type: ignore[no-untyped-def]
+    return _exchange("invite", token, "auth.invite_accept")
+
+
+@bp.route("/invite", methods=["GET", "POST"])
+def invite_accept():  # type: ignore[no-untyped-def]
+    token = _held("invite")
+    try:
+        invitation = invitations.invitation_for(token)
+    except InvalidLink:
+        return _invalid_link()
+    if request.method == "POST":
+        full_name = _field("full_name", MAX_NAME_FIELD)
+        password = request.form.get("password", "")
+        if password != request.form.get("password_confirm", ""):
+            return render_template("auth/invite.html", invitation=invitation, full_name=full_name,
+                                   error="The two passwords differ."), 400
+        try:
+            new_token = invitations.accept_invitation(
+                context(), token, full_name=full_name, password=password
+            )
+        except InvalidLink:
+            return _invalid_link()
+        except InvalidInput as exc:
+            return render_template("auth/invite.html", invitation=invitation, full_name=full_name,
+                                   error=exc.message), 400
+        return finish_sign_in(new_token, None)
+    return render_template("auth/invite.html", invitation=invitation,
+                           full_name=invitation.user.full_name)
+
+
+@bp.get("/reset/<token>")
+def reset_link(token: str):  # type: ignore[no-untyped-def]
+    return _exchange("reset", token, "auth.reset_form")
+
+
+@bp.route("/reset", methods=["GET", "POST"])
+def reset_form():  # type: ignore[no-untyped-def]
+    token = _held("reset")
+    try:
+        user = account.check_reset_link(token)
+    except InvalidLink:
+        return _invalid_link()
+    if request.method == "POST":
+        password = request.form.get("password", "")
+        if password != request.form.get("password_confirm", ""):
+            return render_template("auth/reset.html", email=user.email, error="The two passwords differ."), 400
+        try:
+            account.reset_password(context(), token, password)
+        except InvalidLink:
+            return _invalid_link()
+        except InvalidInput as exc:
+            return render_template("auth/reset.html", email=user.email, error=exc.message), 400
+        session.clear()
+        response = redirect(url_for("auth.login"))
+        clear_session_cookie(response)
+        g.cookie_set = True
+        flash("Your password has been changed and every session has ended. Sign in with the new password.")
+        return response
+    return render_template("auth/reset.html", email=user.email)
+
+
+@bp.get("/email/confirm/<token>")
+def email_confirm_link(token: str):  # type: ignore[no-untyped-def]
+    return _exchange("email_change", token, "auth.email_confirm")
+
+
+@bp.route("/email/confirm", methods=["GET", "POST"])
+def email_confirm():  # type: ignore[no-untyped-def]
+    token = _held("email_change")
+    if request.method == "POST":
+        try:
+            user = account.confirm_email_change(context(), token)
+        except InvalidLink:
+            return _invalid_link()
+        session.pop("email_change", None)
+        return render_template("auth/message.html", title="Email address changed",
+                               message=f"You now sign in as {user.email}.",
+                               link=url_for("auth.login"), link_label="Sign in")
+    if token is None:
+        return _invalid_link()
+    return render_template("auth/confirm_email.html")

@@ -1,0 +1,104 @@
+"""Per-request plumbing: request id, client address, the session, and the
+headers every answer carries."""
+
+from __future__ import annotations
+
+import secrets
+
+from flask import Flask, Response, g, request
+
+from idp.clientip import resolve_client
+from idp.services import sessions
+from idp.services.context import Client, Context
+from idp.state import settings, state
+
+
+def session_cookie_name() -> str:
+    s = settings()
+    if s.public_scheme != "https":
+        return "portcullis_session"
+    if s["sessions"]["cookie_domain"]:
+        return "__Secure-portcullis_session"
+    return "__Host-portcullis_session"
+
+
+def current_client() -> Client:
+    client = g.get("client")
+    if client is None:
+        peer = request.remote_addr
+        ip = resolve_client(
+            peer, request.headers.get("X-Forwarded-For"), state().trusted_proxies
+        )
+        client = Client(ip=ip, peer_ip=peer, user_agent=request.headers.get("User-Agent"))
+        g.client = client
+    return client
+
+
+def context() -> Context:
+    """The acting party for this request."""
+    loaded = g.get("loaded")
+    if loaded is not None:
+        return Context.for_user(loaded.user, current_client(), loaded.session)
+    return Context.anonymous(current_client())
+
+
+def set_session_cookie(response: Response, token: str) -> None:
+    s = settings()
+    response.set_cookie(
+        session_cookie_name(),
+        token,
+        path="/",
+        domain=s["sessions"]["cookie_domain"] or None,
+        secure=s.public_scheme == "https",
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+def clear_session_cookie(response: Response) -> None:
+    s = settings()
+    response.delete_cookie(
+        session_cookie_name(),
+        path="/",
+        domain=s["sessions"]["cookie_domain"] or None,
+        secure=s.public_scheme == "https",
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; object-src 'none'"
+)
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _load() -> None:
+        g.request_id = secrets.token_hex(8)
+        g.loaded = None
+        if request.endpoint in (None, "static", "health.healthz", "health.readyz"):
+            return
+        token = request.cookies.get(session_cookie_name())
+        g.had_session_cookie = token is not None
+        if token is not None:
+            g.loaded = sessions.load(token, current_client())
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        if settings().public_scheme == "https":
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if request.endpoint != "static":
+            headers.setdefault("Cache-Control", "no-store")
+        if g.get("had_session_cookie") and g.get("loaded") is None and not g.get("cookie_set"):
+            clear_session_cookie(response)
+        return response

@@ -1,0 +1,249 @@
+"""Shared fixtures: an application on SQLite or PostgreSQL, a clock that tests
+move by hand, a mailer that records, and helpers to sign in.
+
+PORTCULLIS_TEST_DB=postgresql runs everything on the PostgreSQL server named
+by PORTCULLIS_TEST_PG (default: the local one, database `test`), in a fresh
+database created for the run. When CI is set, an unreachable server fails
+the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from connectors.mail import Mail
+from idp.app import create_app
+from idp.db import db
+from idp.keys import ensure_keys
+from idp.settings import load_settings
+
+DB_KIND = os.environ.get("PORTCULLIS_TEST_DB", "sqlite")
+PG_ADMIN_URL = os.environ.get(
+    "PORTCULLIS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+PASSWORD = "correct horse battery staple"
+# Cheap argon2 for speed; tests of the real cost set their own.
+FAST_HASH = {"argon2_memory_kib": 64, "argon2_time_cost": 1}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@dataclass
+class RecordingMailer:
+    sent: list[Mail] = field(default_factory=list)
+    fail_with: str | None = None
+
+    def send(self, mail: Mail) -> None:
+        from connectors.mail import MailError
+
+        if self.fail_with:
+            raise MailError(self.fail_with)
+        self.sent.append(mail)
+
+    def last_to(self, address: str) -> Mail:
+        for mail in reversed(self.sent):
+            if mail.to == address:
+                return mail
+        raise AssertionError(f"no mail to {address}; sent: {[m.to for m in self.sent]}")
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("keys")
+    ensure_keys(folder)
+    return folder
+
+
+def _pg_fail_or_skip(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def database_template(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Iterator[str]:
+    """A migrated database for the run: a SQLite file to copy per test, or a
+    fresh PostgreSQL database that tests truncate."""
+    if DB_KIND == "sqlite":
+        path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+        _migrate(f"sqlite:///{path}", keys_dir, path.parent)
+        yield str(path)
+        return
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"portcullis_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        _pg_fail_or_skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        _migrate(url, keys_dir, tmp_path_factory.mktemp("pg-instance"))
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _migrate(url: str, keys_dir: Path, instance: Path) -> None:
+    from idp import migrate
+
+    settings = load_settings(environ={}, overrides={
+        "database_url": url, "keys_dir": str(keys_dir), "instance_dir": str(instance)})
+    app = create_app(settings)
+    with app.app_context():
+        migrate.upgrade()
+        db.engine.dispose()
+
+
+def _truncate_all(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        names = conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'alembic_version'")).scalars().all()
+        conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def database_url(database_template: str, tmp_path: Path) -> str:
+    if DB_KIND == "sqlite":
+        path = tmp_path / "portcullis.sqlite3"
+        shutil.copyfile(database_template, path)
+        return f"sqlite:///{path}"
+    _truncate_all(database_template)
+    return database_template
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def mailer() -> RecordingMailer:
+    return RecordingMailer()
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    """Tests change settings by updating this dict before `app` is built."""
+    return {}
+
+
+@pytest.fixture
+def app(database_url: str, keys_dir: Path, tmp_path: Path, clock: FakeClock,
+        mailer: RecordingMailer, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "keys_dir": str(keys_dir),
+        "instance_dir": str(tmp_path / "instance"),
+        "public_url": "http://localhost",
+        "passwords": dict(FAST_HASH),
+        "signin": {"ip_limits": "1000 per minute"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            values.setdefault(key, {}).update(value)
+        else:
+            values[key] = value
+    application = create_app(load_settings(environ={}, overrides=values), clock=clock, mailer=mailer)
+    application.config["TESTING"] = True
+    yield application
+    with application.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def app_ctx(app):  # type: ignore[no-untyped-def]
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+# --- data helpers -----------------------------------------------------------
+
+def make_workspace(app, name: str = "Acme"):  # type: ignore[no-untyped-def]
+    from idp.services.context import Context
+    from idp.services.workspaces import create_workspace
+
+    with app.app_context():
+        ws = create_workspace(Context.operator(), name)
+        db.session.expunge(ws)
+        return ws
+
+
+def make_user(app, workspace, email: str, *, role: str = "read_only",  # type: ignore[no-untyped-def]
+              password: str | None = PASSWORD, status: str = "active", name: str = ""):
+    from idp.models import User
+    from idp.state import state
+
+    with app.app_context():
+        user = User(
+            workspace_id=workspace.id, email=email, full_name=name or email.split("@")[0].title(),
+            role=role, status=status,
+            password_hash=state().passwords.hash(password) if password else None,
+            joined_at=state().clock() if status != "invited" else None,
+            created_at=state().clock(),
+        )
+        db.session.add(user)
+        db.session.commit()
+        db.session.refresh(user)
+        db.session.expunge(user)
+        return user
+
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_from(client, path: str = "/login") -> str:  # type: ignore[no-untyped-def]
+    response = client.get(path)
+    match = CSRF_RE.search(response.get_data(as_text=True))
+    assert match, f"no CSRF token on {path} ({response.status_code})"
+    return match.group(1)
+
+
+def post_form(client, path: str, data: dict[str, str], *, csrf_page: str | None = None, **kw):  # type: ignore[no-untyped-def]
+    token = csrf_from(client, csrf_page or path)
+    return client.post(path, data={**data, "csrf_token": token}, **kw)
+
+
+def login(client, email: str, password: str = PASSWORD, *, follow: bool = False):  # type: ignore[no-untyped-def]
+    """The sign-in flow: email, then password. Returns the password answer."""
+    response = post_form(client, "/login", {"email": email})
+    assert response.status_code == 302, response.status_code
+    token = csrf_from(client, "/login/password")
+    return client.post("/login/password", data={"password": password, "csrf_token": token},
+                       follow_redirects=follow)
+
+
+def session_cookie(client) -> str | None:  # type: ignore[no-untyped-def]
+    cookie = client.get_cookie("portcullis_session")
+    return cookie.value if cookie else None
