@@ -46,7 +46,7 @@ def _files(folder: Path, kind: str) -> list[Path]:
 
 
 def _add(folder: Path, kind: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(3)
     path = folder / f"{kind}-{stamp}{KINDS[kind]}"
     _write_private(path, _new_material(kind))
     return path

@@ -15,7 +15,15 @@ import sqlalchemy as sa
 from alembic import op
 
 import idp.db
-from idp.services.audit_query import PG_SEARCH_SQL, SQLITE_FTS_COLUMNS
+
+# Frozen copies of idp.services.audit_query's search expressions, as they
+# stood when this revision was written (a test keeps them equal).
+PG_SEARCH_SQL = (
+    "lower(coalesce(actor_label, '') || ' ' || action || ' ' || "
+    "coalesce(target_label, '') || ' ' || coalesce(reason, '') || ' ' || "
+    "coalesce(client_ip, ''))"
+)
+SQLITE_FTS_COLUMNS = "actor_label, action, target_label, reason, client_ip"
 
 revision = '0001'
 down_revision = None
