@@ -119,6 +119,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Everything a first look needs: keys, database, a workspace with a
     first admin, the set-up link, and the server."""
+    if "IDP_PUBLIC_URL" not in os.environ and "IDP_CONFIG" not in os.environ:
+        # Links must point where this server listens.
+        os.environ["IDP_PUBLIC_URL"] = f"http://localhost:{args.port}"
     cmd_init(argparse.Namespace(quiet=True))
     import sqlalchemy as sa
 

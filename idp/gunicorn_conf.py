@@ -27,3 +27,6 @@ loglevel = "info"
 # rules, never gunicorn's.
 forwarded_allow_ips = ""
 proxy_allow_ips = ""
+# Gunicorn 25+ opens a control socket at one fixed path per user; two
+# instances on one host would fight over it, and nothing here uses it.
+control_socket_disable = True

@@ -3,7 +3,9 @@ headers every answer carries."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 
 from flask import Flask, Response, g, request
 
@@ -11,6 +13,8 @@ from idp.clientip import resolve_client
 from idp.services import sessions
 from idp.services.context import Client, Context
 from idp.state import settings, state
+
+log = logging.getLogger(__name__)
 
 
 def session_cookie_name() -> str:
@@ -78,6 +82,7 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _load() -> None:
         g.request_id = secrets.token_hex(8)
+        g.started = time.perf_counter()
         g.loaded = None
         if request.endpoint in (None, "static", "health.healthz", "health.readyz"):
             return
@@ -101,4 +106,11 @@ def init_app(app: Flask) -> None:
             headers.setdefault("Cache-Control", "no-store")
         if g.get("had_session_cookie") and g.get("loaded") is None and not g.get("cookie_set"):
             clear_session_cookie(response)
+        if request.endpoint != "static":
+            # The route pattern, never the path: paths of links carry secrets.
+            route = request.url_rule.rule if request.url_rule else "(no route)"
+            elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+            log.info("request method=%s route=%s status=%d ms=%.1f client=%s",
+                     request.method, route, response.status_code, elapsed,
+                     current_client().ip or "unknown")
         return response
