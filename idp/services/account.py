@@ -15,13 +15,14 @@ from idp.security import InvalidEmail, new_token, normalize_email, parse_email, 
 from idp.services import audit, mail, sessions, throttle
 from idp.services.context import Context
 from idp.services.domains import require_allowed_domain
-from idp.services.errors import Conflict, InvalidInput, InvalidLink
+from idp.services.errors import Conflict, InvalidInput, InvalidLink, Throttled
 from idp.services.invitations import clean_name
 from idp.state import settings, state
 
 USERNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 MAX_USERNAME = 64
 MAX_JOB_TITLE = 200
+MAX_PHONE_INPUT = 40
 
 
 def rotate_token(ctx: Context) -> str:
@@ -36,6 +37,14 @@ def rotate_token(ctx: Context) -> str:
 
 def _verify_current(ctx: Context, password: str) -> None:
     assert ctx.user is not None
+    # The sign-in lock holds here too: a stolen session must not give an
+    # attacker unlimited guesses at the password.
+    wait = throttle.seconds_locked(ctx.user.email)
+    if wait:
+        raise Throttled(
+            "Too many wrong passwords for this account. Try again in a few minutes.",
+            retry_after=wait, code="account_throttled",
+        )
     ok, _ = state().passwords.verify(ctx.user.password_hash, password)
     if not ok:
         db.session.rollback()
@@ -181,10 +190,13 @@ def _clean_phone(phone: str) -> str | None:
     if not phone:
         return None
     region = settings()["profile"]["phone_region"] or None
+    hint = "" if region else " in international form, such as +44 20 7946 0958"
+    if len(phone) > MAX_PHONE_INPUT:
+        # Refused, not cut: a cut could turn junk into a valid number.
+        raise InvalidInput(f"Enter a valid phone number{hint}.", code="invalid_phone")
     try:
-        parsed = phonenumbers.parse(phone[:40], region)
+        parsed = phonenumbers.parse(phone, region)
     except phonenumbers.NumberParseException as exc:
-        hint = "" if region else " in international form, such as +44 20 7946 0958"
         raise InvalidInput(f"Enter a valid phone number{hint}.", code="invalid_phone") from exc
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidInput("That phone number does not exist; check the digits.", code="invalid_phone")

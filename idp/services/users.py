@@ -51,10 +51,14 @@ def get_member(workspace: Workspace, user_id: uuid.UUID | str) -> User:
 
 
 def _lock_workspace(workspace: Workspace) -> None:
-    # Serialises admin changes per workspace on PostgreSQL so that two admins
-    # demoting each other at once cannot leave none; SQLite serialises writers.
+    # Serialises admin changes per workspace so that two admins demoting each
+    # other at once cannot leave none. A no-op write, not SELECT FOR UPDATE:
+    # on SQLite only a write takes the lock (a read does not even open a
+    # transaction), so both last-admin counts could run before either change.
     db.session.execute(
-        sa.select(Workspace.id).where(Workspace.id == workspace.id).with_for_update()
+        sa.update(Workspace)
+        .where(Workspace.id == workspace.id)
+        .values(name=Workspace.name)
     )
 
 
@@ -138,9 +142,9 @@ def delete_user(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str) ->
 
 def change_role(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str, role: str) -> User:
     """Takes effect on the member's next request: roles are read every time."""
+    user = _prepare(ctx, workspace, user_id, "user.change_role")
     if role not in ROLES:
         raise InvalidInput("Choose a role: Admin or Read Only.", code="invalid_role")
-    user = _prepare(ctx, workspace, user_id, "user.change_role")
     if user.role == role:
         return user
     if role != "admin":

@@ -52,7 +52,8 @@ def init_app(app: Flask) -> None:
             429, "Too many attempts", "Too many attempts from your network. Wait a minute and try again."
         )
         response = app.make_response((body, status))
-        response.headers["Retry-After"] = "60"
+        # The limit's whole window: never shorter than the real wait.
+        response.headers["Retry-After"] = str(exc.limit.limit.get_expiry())
         return response
 
     @app.errorhandler(HTTPException)

@@ -32,7 +32,10 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         app=app,
         storage_uri=settings["redis_url"] or "memory://",
         strategy="moving-window",
-        headers_enabled=True,
+        # Off: with headers on, Flask-Limiter adds Retry-After to every answer
+        # of a limited form (a 302 included) and rewrites the account lockout's
+        # Retry-After, one second short. errors.py sets it on 429s itself.
+        headers_enabled=False,
         # Fail closed: a limit store that is down answers 503, never "no limit".
         swallow_errors=False,
         in_memory_fallback_enabled=False,

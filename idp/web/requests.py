@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 from idp.clientip import resolve_client
 from idp.services import sessions
 from idp.services.context import Client, Context
+from idp.services.errors import InvalidInput
 from idp.state import settings, state
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,18 @@ CSP = (
 )
 
 
+def _refuse_nul() -> None:
+    # No field of ours takes a NUL, and PostgreSQL refuses one in any text
+    # column: stop it here, once, rather than as a 500 deep in a query.
+    for values in (request.args, request.form):
+        for key, value in values.items(multi=True):
+            if "\x00" in key or "\x00" in value:
+                raise InvalidInput(
+                    "The request contains a NUL character, which no field accepts.",
+                    code="nul_character",
+                )
+
+
 def init_app(app: Flask) -> None:
     @app.before_request
     def _load() -> None:
@@ -86,10 +99,13 @@ def init_app(app: Flask) -> None:
         g.loaded = None
         if request.endpoint in (None, "static", "health.healthz", "health.readyz"):
             return
+        _refuse_nul()
         token = request.cookies.get(session_cookie_name())
-        g.had_session_cookie = token is not None
         if token is not None:
             g.loaded = sessions.load(token, current_client())
+            # Set once the store has answered: a database outage must not
+            # clear every cookie it could not check and sign everyone out.
+            g.had_session_cookie = True
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from idp.state import settings
 
@@ -16,6 +16,22 @@ def protected_hosts() -> set[str]:
     hosts = {h.lower().rstrip(".") for h in s["gateway"]["protected_hosts"]}
     hosts.add(s.public_host.lower())
     return hosts
+
+
+def _leaves_site_once_decoded(path: str) -> bool:
+    """True when decoding the path, as a proxy or app may do before it
+    redirects, turns it into a network path: /%5Cevil.example becomes
+    /\\evil.example, which browsers read as //evil.example."""
+    for _ in range(3):
+        decoded = unquote(path)
+        if decoded == path:
+            return False
+        path = decoded
+        seen = "".join(c for c in path if c not in "\t\r\n").replace("\\", "/")
+        if seen.startswith("//"):
+            return True
+    # Still encoded after three rounds: nobody needs that in a return URL.
+    return True
 
 
 def safe_return_url(value: str | None) -> str | None:
@@ -32,6 +48,8 @@ def safe_return_url(value: str | None) -> str | None:
         parts = urlsplit(browser_view)
         if parts.scheme or parts.netloc:
             return None
+        if _leaves_site_once_decoded(value):
+            return None
         return value
     try:
         parts = urlsplit(browser_view)
@@ -40,6 +58,9 @@ def safe_return_url(value: str | None) -> str | None:
     except ValueError:
         return None
     if parts.scheme not in ("http", "https") or not browser_view.startswith(parts.scheme + "://"):
+        return None
+    if parts.scheme == "http" and settings().public_scheme == "https":
+        # Protected hosts share the public URL's scheme: never downgrade.
         return None
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         return None

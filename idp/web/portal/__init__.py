@@ -76,6 +76,7 @@ def _portal_globals() -> dict[str, Any]:
 
 
 @bp.get("/")
+@login_required
 def index():  # type: ignore[no-untyped-def]
     return redirect(url_for("portal.profile"))
 
