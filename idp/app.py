@@ -101,11 +101,12 @@ def create_app(
     if settings.is_sqlite:
         with app.app_context():
             sa.event.listen(db.engine, "connect", _sqlite_pragmas)
-    csrf.init_app(app)
-
     from idp.web import errors, health, limits, requests
 
+    # Session loading first: a refused CSRF check is then audited under the
+    # member who sent it.
     requests.init_app(app)
+    csrf.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
 

@@ -117,14 +117,20 @@ def _migrate(url: str, keys_dir: Path, instance: Path) -> None:
         db.engine.dispose()
 
 
-def _truncate_all(url: str) -> None:
-    engine = sa.create_engine(url)
+_pg_engines: dict[str, sa.Engine] = {}
+
+
+def _empty_all(url: str) -> None:
+    """DELETE every row, children first: much faster than TRUNCATE on tables
+    this small. Ids keep growing across tests, which no test relies on."""
+    from idp.db import Base
+
+    engine = _pg_engines.get(url)
+    if engine is None:
+        engine = _pg_engines[url] = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
-        names = conn.execute(sa.text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename <> 'alembic_version'")).scalars().all()
-        conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY CASCADE"))
-    engine.dispose()
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
 
 
 @pytest.fixture
@@ -133,7 +139,7 @@ def database_url(database_template: str, tmp_path: Path) -> str:
         path = tmp_path / "portcullis.sqlite3"
         shutil.copyfile(database_template, path)
         return f"sqlite:///{path}"
-    _truncate_all(database_template)
+    _empty_all(database_template)
     return database_template
 
 

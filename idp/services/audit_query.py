@@ -40,7 +40,7 @@ ACTIONS = (
     "password.verify", "user.invite", "user.setup_link", "user.resend_invitation",
     "invitation.accept", "user.disable", "user.enable", "user.delete", "user.change_role",
     "profile.update", "email.change_request", "email.change", "authz.denied",
-    "workspace.create",
+    "workspace.create", "request.refused",
 )
 
 

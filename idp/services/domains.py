@@ -39,4 +39,5 @@ def require_allowed_domain(ctx: Context, workspace: Workspace, email: str, *, ac
         f"Addresses at {email_domain(email)} cannot join this workspace: "
         "its domain is not on the approved list.",
         code="domain_not_allowed",
+        audited=True,
     )

@@ -11,10 +11,13 @@ class ServiceError(Exception):
     status = 400
     default_code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, audited: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
+        # True when the service already wrote the refusal's audit event;
+        # adapters write a generic one for every other refusal.
+        self.audited = audited
 
 
 class InvalidInput(ServiceError):
@@ -43,16 +46,18 @@ class InvalidLink(ServiceError):
     status = 400
     default_code = "invalid_link"
 
-    def __init__(self, code: str = "invalid_link") -> None:
-        super().__init__("This link is invalid or has expired.", code=code)
+    def __init__(self, code: str = "invalid_link", *, audited: bool = False) -> None:
+        super().__init__("This link is invalid or has expired.", code=code, audited=audited)
 
 
 class Throttled(ServiceError):
     status = 429
     default_code = "throttled"
 
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self, message: str, *, retry_after: int, code: str | None = None, audited: bool = False
+    ) -> None:
+        super().__init__(message, code=code, audited=audited)
         self.retry_after = retry_after
 
 

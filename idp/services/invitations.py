@@ -32,12 +32,13 @@ class Issued:
     send_error: str | None
 
 
-def clean_name(full_name: str) -> str:
-    name = " ".join(full_name.split())
+def clean_name(text: str, *, label: str = "A name") -> str:
+    """One line of display text: spaces folded, no control characters."""
+    name = " ".join(text.split())
     if len(name) > MAX_NAME:
-        raise InvalidInput(f"A name has at most {MAX_NAME} characters.")
+        raise InvalidInput(f"{label} has at most {MAX_NAME} characters.")
     if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name):
-        raise InvalidInput("A name cannot contain control characters.")
+        raise InvalidInput(f"{label} cannot contain control characters.")
     return name
 
 
@@ -150,8 +151,9 @@ def resend_invitation(
     return _send(user, token, workspace, setup=ctx.actor_type == "operator", send_mail=send_mail)
 
 
-def invitation_for(token: str | None) -> Invitation:
-    """The live invitation for a token, or InvalidLink; consumes nothing."""
+def invitation_for(token: str | None, *, viewer: Context | None = None) -> Invitation:
+    """The live invitation for a token, or InvalidLink; consumes nothing.
+    Someone signed in as another person is never shown the form."""
     if not token or len(token) > 128:
         raise InvalidLink()
     invitation = db.session.scalar(
@@ -161,6 +163,8 @@ def invitation_for(token: str | None) -> Invitation:
         raise InvalidLink()
     if invitation.user.status != "invited":
         raise InvalidLink()
+    if viewer is not None and viewer.user is not None and viewer.user.id != invitation.user_id:
+        raise InvalidLink("signed_in_as_other")
     return invitation
 
 
@@ -175,7 +179,7 @@ def accept_invitation(ctx: Context, token: str | None, *, full_name: str, passwo
             ctx, "invitation.accept", workspace_id=invitation.workspace_id,
             outcome="failure", reason="signed_in_as_other", target=user,
         )
-        raise InvalidLink("signed_in_as_other")
+        raise InvalidLink("signed_in_as_other", audited=True)
     name = clean_name(full_name)
     if not name:
         raise InvalidInput("Enter your full name.")

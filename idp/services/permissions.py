@@ -21,4 +21,5 @@ def require_admin(ctx: Context, workspace_id: uuid.UUID, action: str) -> None:
         ctx, "authz.denied", workspace_id=workspace_id, outcome="denied",
         reason="admin_required", details={"attempted": action},
     )
-    raise Forbidden("Only admins of this workspace can do that.", code="admin_required")
+    raise Forbidden("Only admins of this workspace can do that.", code="admin_required",
+                    audited=True)

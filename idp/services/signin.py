@@ -33,7 +33,8 @@ class SignInFailed(ServiceError):
     default_code = "bad_credentials"
 
     def __init__(self, code: str = "bad_credentials") -> None:
-        super().__init__(GENERIC_FAILURE, code=code)
+        # Raised only after the failure is recorded.
+        super().__init__(GENERIC_FAILURE, code=code, audited=True)
 
 
 def accounts_for_email(email_key: str) -> list[User]:
@@ -74,6 +75,7 @@ def check_password(ctx: Context, typed_email: str, password: str) -> list[User]:
             f"minute{'s' if minutes != 1 else ''}, or reset your password.",
             retry_after=wait,
             code="account_throttled",
+            audited=True,
         )
 
     accounts = accounts_for_email(key)
@@ -118,7 +120,9 @@ def complete_sign_in(ctx: Context, user: User, *, amr: list[str]) -> str:
             ctx, "signin.failure", workspace_id=user.workspace_id, outcome="denied",
             reason=decision.reason, target=user,
         )
-        raise Forbidden(REFUSALS.get(decision.reason, GENERIC_FAILURE), code=decision.reason)
+        raise Forbidden(
+            REFUSALS.get(decision.reason, GENERIC_FAILURE), code=decision.reason, audited=True
+        )
 
     if ctx.session is not None:
         sessions.revoke_where(Session.id == ctx.session.id, reason="replaced")

@@ -11,6 +11,7 @@ from idp.db import db
 from idp.services import account, invitations, sessions, signin
 from idp.services.errors import InvalidInput, InvalidLink
 from idp.state import settings
+from idp.web.errors import audit_refusal
 from idp.web.requests import clear_session_cookie, context, set_session_cookie
 from idp.web.returnurl import DEFAULT, safe_return_url
 
@@ -55,6 +56,7 @@ def login():  # type: ignore[no-untyped-def]
     if request.method == "POST":
         email = _field("email", MAX_EMAIL_FIELD).strip()
         if not email:
+            audit_refusal(reason="email_missing")
             return render_template("auth/login_email.html", error="Enter your email address.",
                                    rd=return_to), 400
         session["login"] = {"email": email, "at": time.time(), "rd": return_to}
@@ -143,7 +145,9 @@ def _held(key: str) -> str | None:
     return None
 
 
-def _invalid_link() -> tuple[str, int]:
+def _invalid_link(exc: InvalidLink | None = None) -> tuple[str, int]:
+    """The one page for every bad link, whatever was wrong with it."""
+    audit_refusal(exc or InvalidLink())
     return render_template(
         "auth/message.html", title="Invalid link",
         message=InvalidLink().message + " Ask for a new one.",
@@ -159,22 +163,24 @@ def invite_link(token: str):  # type: ignore[no-untyped-def]
 def invite_accept():  # type: ignore[no-untyped-def]
     token = _held("invite")
     try:
-        invitation = invitations.invitation_for(token)
-    except InvalidLink:
-        return _invalid_link()
+        invitation = invitations.invitation_for(token, viewer=context())
+    except InvalidLink as exc:
+        return _invalid_link(exc)
     if request.method == "POST":
         full_name = _field("full_name", MAX_NAME_FIELD)
         password = request.form.get("password", "")
         if password != request.form.get("password_confirm", ""):
+            audit_refusal(reason="password_mismatch")
             return render_template("auth/invite.html", invitation=invitation, full_name=full_name,
                                    error="The two passwords differ."), 400
         try:
             new_token = invitations.accept_invitation(
                 context(), token, full_name=full_name, password=password
             )
-        except InvalidLink:
-            return _invalid_link()
+        except InvalidLink as exc:
+            return _invalid_link(exc)
         except InvalidInput as exc:
+            audit_refusal(exc)
             return render_template("auth/invite.html", invitation=invitation, full_name=full_name,
                                    error=exc.message), 400
         return finish_sign_in(new_token, None)
@@ -192,17 +198,19 @@ def reset_form():  # type: ignore[no-untyped-def]
     token = _held("reset")
     try:
         user = account.check_reset_link(token)
-    except InvalidLink:
-        return _invalid_link()
+    except InvalidLink as exc:
+        return _invalid_link(exc)
     if request.method == "POST":
         password = request.form.get("password", "")
         if password != request.form.get("password_confirm", ""):
+            audit_refusal(reason="password_mismatch")
             return render_template("auth/reset.html", email=user.email, error="The two passwords differ."), 400
         try:
             account.reset_password(context(), token, password)
-        except InvalidLink:
-            return _invalid_link()
+        except InvalidLink as exc:
+            return _invalid_link(exc)
         except InvalidInput as exc:
+            audit_refusal(exc)
             return render_template("auth/reset.html", email=user.email, error=exc.message), 400
         session.clear()
         response = redirect(url_for("auth.login"))
@@ -224,12 +232,14 @@ def email_confirm():  # type: ignore[no-untyped-def]
     if request.method == "POST":
         try:
             user = account.confirm_email_change(context(), token)
-        except InvalidLink:
-            return _invalid_link()
+        except InvalidLink as exc:
+            return _invalid_link(exc)
         session.pop("email_change", None)
         return render_template("auth/message.html", title="Email address changed",
                                message=f"You now sign in as {user.email}.",
                                link=url_for("auth.login"), link_label="Sign in")
-    if token is None:
-        return _invalid_link()
+    try:
+        account.check_email_change_link(token)
+    except InvalidLink as exc:
+        return _invalid_link(exc)
     return render_template("auth/confirm_email.html")

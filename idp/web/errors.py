@@ -7,7 +7,7 @@ import logging
 
 import redis.exceptions
 import sqlalchemy as sa
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -23,6 +23,28 @@ def _wants_json() -> bool:
     return best == "application/json"
 
 
+def audit_refusal(exc: ServiceError | None = None, *, reason: str | None = None) -> None:
+    """Record a refused request unless its service already did: every bad
+    input leaves an audit entry (reason code, endpoint, method)."""
+    if exc is not None and exc.audited:
+        return
+    from idp.services import audit
+    from idp.web.requests import context
+
+    loaded = g.get("loaded")
+    try:
+        audit.record_now(
+            context(), "request.refused",
+            workspace_id=loaded.user.workspace_id if loaded is not None else None,
+            outcome="failure",
+            reason=reason or (exc.code if exc is not None else "bad_request"),
+            details={"endpoint": request.endpoint or "", "method": request.method},
+        )
+    except sa.exc.SQLAlchemyError:
+        db.session.rollback()
+        log.error("audit.refusal_not_recorded reason=%s", reason or (exc.code if exc else ""))
+
+
 def error_page(status: int, title: str, message: str, **extra: object) -> tuple[Response | str, int]:
     if _wants_json():
         return jsonify(error=title, message=message), status
@@ -33,6 +55,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service(exc: ServiceError):  # type: ignore[no-untyped-def]
         db.session.rollback()
+        audit_refusal(exc)
         body, status = error_page(exc.status, _TITLES.get(exc.status, "Request refused"), exc.message)
         response = app.make_response((body, status))
         if isinstance(exc, Throttled):
@@ -41,6 +64,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError):  # type: ignore[no-untyped-def]
+        audit_refusal(reason="csrf_failed")
         return error_page(
             400, "Form expired",
             "This form has expired or was sent from another page. Go back, reload and try again.",
@@ -59,6 +83,8 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
+        if status in (400, 413):
+            audit_refusal(reason="request_too_large" if status == 413 else "bad_request")
         return error_page(status, exc.name, _MESSAGES.get(status, exc.description or exc.name))
 
     @app.errorhandler(sa.exc.OperationalError)

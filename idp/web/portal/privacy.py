@@ -10,6 +10,7 @@ from flask import abort, flash, g, redirect, render_template, request, url_for
 from idp.services import account, sessions
 from idp.services.errors import InvalidInput
 from idp.web.portal import bp, login_required
+from idp.web.errors import audit_refusal
 from idp.web.requests import context, set_session_cookie
 from idp.web.useragent import describe
 
@@ -56,12 +57,14 @@ def change_password():  # type: ignore[no-untyped-def]
     if request.method == "POST":
         new = request.form.get("new_password", "")
         if new != request.form.get("new_password_confirm", ""):
+            audit_refusal(reason="password_mismatch")
             return render_template("portal/change_password.html", error="The two new passwords differ."), 400
         try:
             token = account.change_password(
                 context(), current=request.form.get("current_password", ""), new=new
             )
         except InvalidInput as exc:
+            audit_refusal(exc)
             return render_template("portal/change_password.html", error=exc.message), 400
         response = redirect(url_for("portal.privacy_security"))
         set_session_cookie(response, token)

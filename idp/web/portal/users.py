@@ -8,6 +8,7 @@ from flask import flash, g, redirect, render_template, request, url_for
 from idp.services import invitations, users
 from idp.services.errors import Conflict, Forbidden, InvalidInput
 from idp.web.portal import admin_required, bp, login_required
+from idp.web.errors import audit_refusal
 from idp.web.requests import context
 
 FIELD_LIMIT = 400
@@ -30,6 +31,7 @@ def invite():  # type: ignore[no-untyped-def]
         try:
             issued = invitations.invite_user(context(), g.workspace, **values)
         except (InvalidInput, Conflict, Forbidden) as exc:
+            audit_refusal(exc)
             return render_template("portal/invite.html", values=values, error=exc.message), exc.status
         if issued.send_error:
             flash(f"{issued.user.email} is invited, but the email could not be sent "
