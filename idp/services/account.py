@@ -17,7 +17,7 @@ from idp.security import InvalidEmail, new_token, normalize_email, parse_email, 
 from idp.services import audit, mail, sessions, throttle
 from idp.services.context import Context
 from idp.services.domains import require_allowed_domain
-from idp.services.errors import Conflict, InvalidInput, InvalidLink, Throttled
+from idp.services.errors import Busy, Conflict, InvalidInput, InvalidLink, Throttled
 from idp.services.invitations import clean_name
 from idp.state import settings, state
 
@@ -41,16 +41,24 @@ def _verify_current(ctx: Context, password: str) -> None:
     assert ctx.user is not None
     # The sign-in lock holds here too: a stolen session must not give an
     # attacker unlimited guesses at the password.
-    wait = throttle.seconds_locked(ctx.user.email)
+    # Counted before hashing, as at sign-in (see throttle.reserve_attempt).
+    wait = throttle.reserve_attempt(ctx.user.email)
     if wait:
         raise Throttled(
             "Too many wrong passwords for this account. Try again in a few minutes.",
             retry_after=wait, code="account_throttled",
         )
-    ok, _ = state().passwords.verify(ctx.user.password_hash, password)
-    if not ok:
+    try:
+        ok, _ = state().passwords.verify(ctx.user.password_hash, password)
+    except Busy:
         db.session.rollback()
-        throttle.record_failure(ctx.user.email)
+        throttle.release_attempt(ctx.user.email)
+        raise
+    if ok:
+        throttle.clear(ctx.user.email)
+        db.session.commit()
+    else:
+        db.session.rollback()
         audit.record(ctx, "password.verify", workspace_id=ctx.user.workspace_id,
                      outcome="failure", reason="bad_credentials", target=ctx.user)
         db.session.commit()
@@ -68,6 +76,7 @@ def change_password(ctx: Context, *, current: str, new: str) -> str:
     user.password_hash = state().passwords.hash(prepared)
     user.password_changed_at = now()
     ended = sessions.revoke_user_sessions(user.id, "password_changed", keep=ctx.session.id if ctx.session else None)
+    _void_links(user)
     token = rotate_token(ctx)
     audit.record(ctx, "password.change", workspace_id=user.workspace_id, target=user,
                  details={"sessions_ended": ended})
@@ -148,6 +157,19 @@ def check_reset_link(token: str | None) -> User:
     return user
 
 
+def _void_links(user: User, *purposes: str) -> None:
+    """End the user's pending reset and email-change links (or those of
+    ``purposes``), in the caller's transaction. A new password must shut out
+    whoever asked for them with the old one: a pending email change would
+    otherwise hand the account to their address after the owner's reset."""
+    condition = [EmailToken.user_id == user.id]
+    if purposes:
+        condition.append(EmailToken.purpose.in_(purposes))
+    db.session.execute(
+        sa.delete(EmailToken).where(*condition).execution_options(synchronize_session=False)
+    )
+
+
 def _claim(row: EmailToken) -> None:
     claimed = db.session.execute(
         sa.delete(EmailToken).where(EmailToken.id == row.id)
@@ -172,6 +194,7 @@ def reset_password(ctx: Context, token: str | None, new: str) -> User:
     user.password_hash = password_hash
     user.password_changed_at = now()
     ended = sessions.revoke_user_sessions(user.id, "password_reset")
+    _void_links(user)
     throttle.clear(user.email)
     audit.record(Context.for_user(user, ctx.client), "password.reset", workspace_id=user.workspace_id,
                  target=user, details={"sessions_ended": ended})
@@ -318,10 +341,19 @@ def confirm_email_change(ctx: Context, token: str | None) -> User:
     require_allowed_domain(ctx, workspace, new_email, action="email.change")
     _claim(row)
     old = user.email
-    user.email = new_email
-    audit.record(Context.for_user(user, ctx.client), "email.change", workspace_id=user.workspace_id,
-                 target=user, details={"old": old, "new": new_email})
-    db.session.commit()
+    try:
+        user.email = new_email
+        # Reset links went to the old address, which no longer speaks for the account.
+        _void_links(user, "password_reset")
+        audit.record(Context.for_user(user, ctx.client), "email.change",
+                     workspace_id=user.workspace_id, target=user,
+                     details={"old": old, "new": new_email})
+        db.session.commit()
+    except sa.exc.IntegrityError as exc:
+        # Another member took the address after the check above.
+        db.session.rollback()
+        raise Conflict("Another member of this workspace already uses that address.",
+                       code="email_taken") from exc
     mail.send(mail.compose("email_changed", old, "Your email address was changed",
                            user=user, workspace=workspace, new_email=new_email))
     return user

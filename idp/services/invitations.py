@@ -183,6 +183,10 @@ def accept_invitation(ctx: Context, token: str | None, *, full_name: str, passwo
     name = clean_name(full_name)
     if not name:
         raise InvalidInput("Enter your full name.")
+    # The allow-list may have changed since the invitation was sent: it is
+    # checked where the person joins too (SECURITY.md 6.3.4).
+    workspace = db.session.get(Workspace, invitation.workspace_id)
+    require_allowed_domain(ctx, workspace, user.email, action="invitation.accept")
     prepared = state().passwords.check_new(password)
     password_hash = state().passwords.hash(prepared)
 

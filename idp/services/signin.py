@@ -3,8 +3,10 @@ session."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
+from typing import NoReturn
 
 import sqlalchemy as sa
 
@@ -12,10 +14,10 @@ import policies
 from idp.clock import now
 from idp.db import db
 from idp.models import Session, User, Workspace
-from idp.security import normalize_email
+from idp.security import normalize_email, secrets_equal
 from idp.services import audit, sessions, throttle
 from idp.services.context import Context
-from idp.services.errors import Forbidden, InvalidInput, ServiceError, Throttled
+from idp.services.errors import Busy, Forbidden, InvalidInput, ServiceError, Throttled
 from idp.state import state
 
 GENERIC_FAILURE = "The email or password is incorrect."
@@ -63,12 +65,13 @@ def check_password(ctx: Context, typed_email: str, password: str) -> list[User]:
     if not key:
         raise InvalidInput("Enter your email address.")
 
-    wait = throttle.seconds_locked(key)
+    # The attempt is counted before any hashing (and uncounted on success),
+    # so parallel guesses cannot all slip past the limit.
+    wait = throttle.reserve_attempt(key)
     if wait:
-        audit.record_now(
-            ctx, "signin.failure", workspace_id=None, outcome="failure",
-            reason="account_throttled", target_label=key,
-        )
+        # Recorded in each workspace the email belongs to, so its admins see
+        # the attack; the answer is the same whether or not it belongs to any.
+        _record_failure(ctx, key, "account_throttled")
         minutes = max(1, math.ceil(wait / 60))
         raise Throttled(
             f"Too many failed attempts for this email. Try again in {minutes} "
@@ -80,24 +83,24 @@ def check_password(ctx: Context, typed_email: str, password: str) -> list[User]:
 
     accounts = accounts_for_email(key)
     matched: list[User] = []
-    if not accounts:
-        pw.verify(None, password)
-    for account in accounts:
-        ok, needs_rehash = pw.verify(account.password_hash, password)
-        if ok:
-            if needs_rehash:
-                account.password_hash = pw.hash(password)
-            matched.append(account)
+    try:
+        if not accounts:
+            pw.verify(None, password)
+        for account in accounts:
+            ok, needs_rehash = pw.verify(account.password_hash, password)
+            if ok:
+                if needs_rehash:
+                    account.password_hash = pw.hash(password)
+                matched.append(account)
+    except Busy:
+        # No hash was tried: the reserved attempt is given back.
+        db.session.rollback()
+        throttle.release_attempt(key)
+        raise
 
     if not matched:
-        db.session.rollback()
-        throttle.record_failure(key)
-        for workspace_id in {a.workspace_id for a in accounts} or {None}:
-            audit.record(
-                ctx, "signin.failure", workspace_id=workspace_id, outcome="failure",
-                reason="bad_credentials", target_label=key,
-            )
-        db.session.commit()
+        # Already counted by reserve_attempt.
+        _record_failure(ctx, key, "bad_credentials", accounts)
         raise SignInFailed()
 
     throttle.clear(key)
@@ -105,24 +108,39 @@ def check_password(ctx: Context, typed_email: str, password: str) -> list[User]:
     return matched
 
 
+def _record_failure(
+    ctx: Context, key: str, reason: str, accounts: list[User] | None = None
+) -> None:
+    db.session.rollback()
+    if accounts is None:
+        accounts = accounts_for_email(key)
+    for workspace_id in {a.workspace_id for a in accounts} or {None}:
+        audit.record(
+            ctx, "signin.failure", workspace_id=workspace_id, outcome="failure",
+            reason=reason, target_label=key,
+        )
+    db.session.commit()
+
+
 def complete_sign_in(ctx: Context, user: User, *, amr: list[str]) -> str:
     """The one place a session is created: policy check, new token, the old
     session (if any) ended, audit. Returns the new session token."""
     moment = now()
+    # The account as it is now, not as it was read before the slow hash: an
+    # admin may have disabled or deleted it meanwhile. Locked (PostgreSQL)
+    # until the session is committed, so a disable waits and then ends it.
+    current = db.session.execute(
+        sa.select(User).where(User.id == user.id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
     decision = policies.evaluate(
         policies.PolicyContext(
-            now=moment, user=sessions.user_facts(user), client_ip=ctx.client.ip
+            now=moment, user=sessions.user_facts(current), client_ip=ctx.client.ip
         ),
         policies.SIGN_IN,
     )
     if decision is not None:
-        audit.record_now(
-            ctx, "signin.failure", workspace_id=user.workspace_id, outcome="denied",
-            reason=decision.reason, target=user,
-        )
-        raise Forbidden(
-            REFUSALS.get(decision.reason, GENERIC_FAILURE), code=decision.reason, audited=True
-        )
+        _refuse(ctx, user, decision.reason)
 
     if ctx.session is not None:
         sessions.revoke_where(Session.id == ctx.session.id, reason="replaced")
@@ -136,15 +154,58 @@ def complete_sign_in(ctx: Context, user: User, *, amr: list[str]) -> str:
         target=user,
         details={"amr": amr},
     )
-    db.session.commit()
+    try:
+        db.session.commit()
+    except (sa.exc.IntegrityError, sa.orm.exc.StaleDataError):
+        # Deleted after the check (SQLite takes no row lock).
+        _refuse(ctx, user, "account_deleted")
     return token
 
 
-def account_in(user_ids: list[str], chosen: str) -> User | None:
-    """The chosen account among those the password opened (workspace choice)."""
+def _refuse(ctx: Context, user: User, reason: str) -> NoReturn:
+    workspace_id, label = user.workspace_id, user.email
+    gone = reason == "account_deleted"
+    audit.record_now(
+        ctx, "signin.failure", workspace_id=workspace_id, outcome="denied",
+        reason=reason, target=None if gone else user, target_label=label,
+    )
+    raise Forbidden(REFUSALS.get(reason, GENERIC_FAILURE), code=reason, audited=True)
+
+
+def choice_fingerprint(accounts: list[User]) -> str:
+    """What the workspace choice is bound to: the accounts the password
+    opened, their password hashes and last sign-ins. The choice lives in the
+    browser's signed flow cookie, so without this a copy of that cookie
+    could sign in again after the choice was made (and the person signed
+    out), or after the password changed. Any sign-in to one of the accounts,
+    or any password change, ends the choice: it works once."""
+    digest = hashlib.sha256()
+    for user in sorted(accounts, key=lambda u: str(u.id)):
+        signed_in = user.last_signin_at.isoformat() if user.last_signin_at else ""
+        digest.update(f"{user.id}|{user.password_hash}|{signed_in}\n".encode())
+    return digest.hexdigest()
+
+
+class StaleChoice(ServiceError):
+    status = 400
+    default_code = "choice_expired"
+
+
+def account_in(user_ids: list[str], chosen: str, fingerprint: str | None) -> User | None:
+    """The chosen account among those the password opened (workspace choice);
+    None for an account it did not open; StaleChoice when the choice was
+    already used or the accounts changed since the password was checked."""
     if chosen not in user_ids:
         return None
     try:
-        return db.session.get(User, uuid.UUID(chosen))
+        ids = [uuid.UUID(i) for i in user_ids]
     except ValueError:
         return None
+    accounts = list(db.session.scalars(sa.select(User).where(User.id.in_(ids))))
+    if (
+        len(accounts) != len(ids)
+        or fingerprint is None
+        or not secrets_equal(choice_fingerprint(accounts), fingerprint)
+    ):
+        raise StaleChoice("This sign-in has expired. Sign in again.")
+    return next(u for u in accounts if str(u.id) == chosen)

@@ -26,34 +26,82 @@ def seconds_locked(email_key: str) -> int:
     return max(0, math.ceil(remaining))
 
 
-def record_failure(email_key: str) -> None:
-    """Count one failure in the caller's transaction, atomically: two workers
-    failing at once both count."""
-    cfg = settings()["signin"]
+def reserve_attempt(email_key: str) -> int:
+    """Count this attempt as a failure *before* any hashing, unless the email
+    is locked, and commit at once. Returns 0 when the attempt may go ahead (a
+    success then clears the count, see ``clear``), else the seconds to wait.
+
+    One atomic statement: a check before hashing and a count after it let a
+    burst of parallel guesses all pass the check, each then hashed, so the
+    limit bounded nothing (SECURITY.md 6.3.1)."""
+    table = LoginThrottle.__table__
     moment = now()
+    statement = _count_failure(email_key, moment).on_conflict_do_update(
+        index_elements=[table.c.email],
+        set_=_failure_update(moment),
+        where=sa.or_(
+            table.c.locked_until.is_(None),
+            table.c.locked_until <= sa.literal(moment, UTCDateTime),
+        ),
+    )
+    # RETURNING, not rowcount: psycopg reports -1 for an upsert.
+    taken = db.session.execute(statement.returning(table.c.failures)).first()
+    db.session.commit()
+    if taken is not None:
+        return 0
+    return max(1, seconds_locked(email_key))
+
+
+def release_attempt(email_key: str) -> None:
+    """Give back a reserved attempt that never reached a hash (the hash
+    slot was busy): only wrong passwords count."""
+    db.session.execute(
+        sa.update(LoginThrottle)
+        .where(LoginThrottle.email == email_key, LoginThrottle.failures > 0)
+        .values(failures=LoginThrottle.failures - 1)
+    )
+    db.session.commit()
+
+
+def _count_failure(email_key: str, moment):  # type: ignore[no-untyped-def]
+    cfg = settings()["signin"]
     lock = moment + timedelta(seconds=cfg["account_lockout_seconds"])
-    limit = cfg["account_failure_limit"]
     table = LoginThrottle.__table__
     dialect = db.session.get_bind().dialect.name
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    failures = table.c.failures + 1
-    statement = insert.values(
+    return insert.values(
         email=email_key,
         failures=1,
         last_failure_at=moment,
-        locked_until=lock if limit <= 1 else None,
-    ).on_conflict_do_update(
-        index_elements=[table.c.email],
-        set_={
-            "failures": failures,
-            "last_failure_at": moment,
-            "locked_until": sa.case(
-                (failures >= limit, sa.literal(lock, UTCDateTime)),
-                else_=table.c.locked_until,
-            ),
-        },
+        locked_until=lock if cfg["account_failure_limit"] <= 1 else None,
     )
-    db.session.execute(statement)
+
+
+def _failure_update(moment) -> dict:  # type: ignore[no-untyped-def]
+    cfg = settings()["signin"]
+    lock = moment + timedelta(seconds=cfg["account_lockout_seconds"])
+    table = LoginThrottle.__table__
+    failures = table.c.failures + 1
+    return {
+        "failures": failures,
+        "last_failure_at": moment,
+        "locked_until": sa.case(
+            (failures >= cfg["account_failure_limit"], sa.literal(lock, UTCDateTime)),
+            else_=table.c.locked_until,
+        ),
+    }
+
+
+def record_failure(email_key: str) -> None:
+    """Count one failure in the caller's transaction, atomically: two workers
+    failing at once both count."""
+    table = LoginThrottle.__table__
+    moment = now()
+    db.session.execute(
+        _count_failure(email_key, moment).on_conflict_do_update(
+            index_elements=[table.c.email], set_=_failure_update(moment)
+        )
+    )
 
 
 def clear(email_key: str) -> None:

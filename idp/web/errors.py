@@ -72,6 +72,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def _limited(exc: RateLimitExceeded):  # type: ignore[no-untyped-def]
+        # A refusal like any other: one audit event (ASVS 16.3.1), so a
+        # guessing run stays visible after it reaches the limit.
+        audit_refusal(reason="rate_limited")
         body, status = error_page(
             429, "Too many attempts", "Too many attempts from your network. Wait a minute and try again."
         )
