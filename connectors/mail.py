@@ -7,9 +7,9 @@ import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -66,7 +66,9 @@ class SmtpMailer:
                     self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS, context=context
                 )
             else:
-                client = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS)
+                client = smtplib.SMTP(
+                    self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS
+                )
             with client:
                 if self.scheme == "smtp+starttls":
                     # STARTTLS is required: a server that does not offer it
@@ -82,7 +84,9 @@ class SmtpMailer:
 class OutboxMailer:
     """Local use: each mail becomes a file, and its link is printed."""
 
-    def __init__(self, folder: Path, sender: str, echo: Callable[[str], None] | None = None):
+    def __init__(
+        self, folder: Path, sender: str, echo: Callable[[str], None] | None = None
+    ):
         self.folder = folder
         self.sender = sender
         self.echo = echo or _print

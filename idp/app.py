@@ -34,13 +34,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def engine_options(settings: Settings) -> dict[str, Any]:
     if settings.is_sqlite:
         return {"connect_args": {"check_same_thread": False, "timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10, "pool_timeout": 5}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 10,
+        "pool_timeout": 5,
+    }
 
 
 def flow_cookie_name(settings: Settings) -> str:
     # The short-lived flow cookie (CSRF token, half-finished sign-in). With
     # https it is host-bound like the session cookie.
-    return "__Host-portcullis_flow" if settings.public_scheme == "https" else "portcullis_flow"
+    return (
+        "__Host-portcullis_flow"
+        if settings.public_scheme == "https"
+        else "portcullis_flow"
+    )
 
 
 def create_app(
@@ -91,7 +100,9 @@ def create_app(
         ),
         mailer=mailer
         or mailer_from_settings(
-            settings["smtp_url"], settings["mail_from"], settings.instance_dir / "outbox"
+            settings["smtp_url"],
+            settings["mail_from"],
+            settings.instance_dir / "outbox",
         ),
         trusted_proxies=parse_networks(settings["gateway"]["trusted_proxies"]),
     )

@@ -35,7 +35,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         migrate.upgrade()
     for path in made:
         print(f"created key {path}")
-    where = settings.database_url if not settings.is_sqlite else str(settings.instance_dir / "portcullis.sqlite3")
+    where = (
+        settings.database_url
+        if not settings.is_sqlite
+        else str(settings.instance_dir / "portcullis.sqlite3")
+    )
     if not args.quiet:
         print(f"database ready: {_redact(where)}")
     return 0
@@ -68,8 +72,13 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     with _app().app_context():
         workspace = get_workspace(args.workspace)
         issued = invite_user(
-            Context.operator(), workspace, email=args.email, role="admin",
-            full_name=args.name or "", setup=True, send_mail=False,
+            Context.operator(),
+            workspace,
+            email=args.email,
+            role="admin",
+            full_name=args.name or "",
+            setup=True,
+            send_mail=False,
         )
         print(issued.link)
     return 0
@@ -86,8 +95,17 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
     conf = resources.files("idp") / "gunicorn_conf.py"
     return [
-        sys.executable, "-m", "gunicorn", "-c", str(conf),
-        "--bind", f"{host}:{port}", "--workers", str(workers), "--threads", str(threads),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(conf),
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
         "idp.wsgi:app",
     ]
 
@@ -105,8 +123,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Keys and schema before any worker starts, so workers never race.
     cmd_init(argparse.Namespace(quiet=True))
     shown = "localhost" if host in ("127.0.0.1", "::1", "localhost") else host
-    print(f"Portcullis is running at http://{shown}:{port}  (public URL {settings.public_url})",
-          flush=True)
+    print(
+        f"Portcullis is running at http://{shown}:{port}  (public URL {settings.public_url})",
+        flush=True,
+    )
     if args.dev:
         app = _app()
         app.run(host=host, port=port, use_reloader=True, debug=False, threaded=True)
@@ -137,34 +157,58 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from idp.services.workspaces import create_workspace
 
     with _app().app_context():
-        workspace = db.session.scalar(sa.select(Workspace).order_by(Workspace.created_at))
+        workspace = db.session.scalar(
+            sa.select(Workspace).order_by(Workspace.created_at)
+        )
         if workspace is None:
             workspace = create_workspace(Context.operator(), args.workspace)
             print(f"Created workspace {workspace.name!r} (slug {workspace.slug})")
         pending = db.session.scalar(
-            sa.select(User).where(User.workspace_id == workspace.id, User.role == "admin")
+            sa.select(User).where(
+                User.workspace_id == workspace.id, User.role == "admin"
+            )
         )
         if pending is None:
-            issued = invite_user(Context.operator(), workspace, email=args.admin, role="admin",
-                                 full_name="", setup=True, send_mail=False)
+            issued = invite_user(
+                Context.operator(),
+                workspace,
+                email=args.admin,
+                role="admin",
+                full_name="",
+                setup=True,
+                send_mail=False,
+            )
             link = issued.link
         elif pending.status == "invited":
-            link = resend_invitation(Context.operator(), workspace, pending.id, send_mail=False).link
+            link = resend_invitation(
+                Context.operator(), workspace, pending.id, send_mail=False
+            ).link
         else:
             link = None
     if link:
-        print(f"\nSet up the first admin ({args.admin}) by opening:\n    {link}\n", flush=True)
+        print(
+            f"\nSet up the first admin ({args.admin}) by opening:\n    {link}\n",
+            flush=True,
+        )
     else:
-        print("\nThe workspace already has an admin; sign in at http://localhost:8000/login\n",
-              flush=True)
-    return cmd_serve(argparse.Namespace(host="127.0.0.1", port=args.port, workers=None, dev=False))
+        print(
+            "\nThe workspace already has an admin; sign in at http://localhost:8000/login\n",
+            flush=True,
+        )
+    return cmd_serve(
+        argparse.Namespace(host="127.0.0.1", port=args.port, workers=None, dev=False)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="idp", description="Portcullis identity provider")
+    parser = argparse.ArgumentParser(
+        prog="idp", description="Portcullis identity provider"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create keys, the instance folder and the database schema")
+    p = sub.add_parser(
+        "init", help="create keys, the instance folder and the database schema"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_init)
 
@@ -172,32 +216,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default from [server])")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--workers", type=int, help="worker processes (default 2)")
-    p.add_argument("--dev", action="store_true", help="Flask's reloading server, for development")
+    p.add_argument(
+        "--dev", action="store_true", help="Flask's reloading server, for development"
+    )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("quickstart", help="init, first workspace and admin link, then serve")
+    p = sub.add_parser(
+        "quickstart", help="init, first workspace and admin link, then serve"
+    )
     p.add_argument("--workspace", default="Example", help="name of the first workspace")
-    p.add_argument("--admin", default="admin@example.com", help="email of the first admin")
+    p.add_argument(
+        "--admin", default="admin@example.com", help="email of the first admin"
+    )
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_quickstart)
 
     ws = sub.add_parser("workspace", help="manage workspaces").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+        dest="action", required=True, metavar="ACTION"
+    )
     p = ws.add_parser("create", help="create a workspace and print its slug")
     p.add_argument("name")
     p.set_defaults(func=cmd_workspace_create)
 
     adm = sub.add_parser("admin", help="manage admins").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    p = adm.add_parser("create", help="create an admin and print a one-time set-up link")
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = adm.add_parser(
+        "create", help="create an admin and print a one-time set-up link"
+    )
     p.add_argument("--workspace", required=True, metavar="SLUG")
     p.add_argument("--name", default="", help="the admin's full name")
     p.add_argument("email")
     p.set_defaults(func=cmd_admin_create)
 
     keys = sub.add_parser("keys", help="manage key material").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    p = keys.add_parser("rotate", help="add a new key of each kind; old ones keep verifying")
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = keys.add_parser(
+        "rotate", help="add a new key of each kind; old ones keep verifying"
+    )
     p.set_defaults(func=cmd_keys_rotate)
     return parser
 
@@ -212,9 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"settings: {exc}")
     except ServiceError as exc:
         return _fail(exc.message, 1)
-    except Exception as exc:  # noqa: BLE001 - keys missing, database unreachable
-        from idp.keys import KeysMissing
+    except Exception as exc:
         import sqlalchemy as sa
+
+        from idp.keys import KeysMissing
 
         if isinstance(exc, (KeysMissing, sa.exc.OperationalError)):
             return _fail(str(exc).splitlines()[0], 1)

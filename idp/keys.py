@@ -91,5 +91,7 @@ def load_keys(folder: Path) -> KeyRing:
     return KeyRing(
         secrets=tuple(p.read_text().strip() for p in found["secret"]),
         signing=tuple(signing),
-        encryption=MultiFernet([Fernet(p.read_bytes().strip()) for p in found["encryption"]]),
+        encryption=MultiFernet(
+            [Fernet(p.read_bytes().strip()) for p in found["encryption"]]
+        ),
     )

@@ -23,9 +23,12 @@ def _escape(text: str) -> str:
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        line = f"{stamp} {record.levelname} {record.name} [{record.request_id}] " + _escape(
-            record.getMessage()
+        stamp = datetime.fromtimestamp(record.created, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        line = (
+            f"{stamp} {record.levelname} {record.name} [{record.request_id}] "
+            + _escape(record.getMessage())
         )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

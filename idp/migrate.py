@@ -14,7 +14,9 @@ from idp.db import db
 
 def alembic_config() -> Config:
     config = Config()
-    config.set_main_option("script_location", str(resources.files("idp") / "migrations"))
+    config.set_main_option(
+        "script_location", str(resources.files("idp") / "migrations")
+    )
     return config
 
 

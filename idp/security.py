@@ -40,8 +40,7 @@ def normalize_email(text: str) -> str:
     """Trim, lower-case and drop one trailing dot from the domain, without
     checking the syntax: the key under which sign-in failures are counted."""
     email = text.strip().lower()
-    if email.endswith("."):
-        email = email[:-1]
+    email = email.removesuffix(".")
     return email[:MAX_EMAIL_LENGTH]
 
 
@@ -54,10 +53,15 @@ def parse_email(text: str) -> str:
         # test_environment admits the reserved "test" domain, which local
         # installations and test suites use; other reserved names stay out.
         checked = validate_email(
-            email, check_deliverability=False, allow_smtputf8=True, test_environment=True
+            email,
+            check_deliverability=False,
+            allow_smtputf8=True,
+            test_environment=True,
         )
     except EmailNotValidError as exc:
-        raise InvalidEmail("Enter a valid email address, such as name@example.com.") from exc
+        raise InvalidEmail(
+            "Enter a valid email address, such as name@example.com."
+        ) from exc
     # email-validator returns the domain in its IDNA-normalised form; keep our
     # lower-cased spelling so the key does not change under the person's feet.
     return checked.normalized.lower()

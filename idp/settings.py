@@ -57,9 +57,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
             return value
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
+    elif isinstance(default, str) and isinstance(value, str):
+        return value
     raise SettingsError(f"setting {name!r} has an invalid value: {value!r}")
 
 
@@ -88,7 +87,10 @@ def _env_overrides(
         name = var[len(ENV_PREFIX) :].lower()
         section, sep, key = name.partition("__")
         if sep:
-            if not isinstance(defaults.get(section), dict) or key not in defaults[section]:
+            if (
+                not isinstance(defaults.get(section), dict)
+                or key not in defaults[section]
+            ):
                 raise SettingsError(f"unknown environment variable {var}")
             found.setdefault(section, {})[key] = value
         else:
@@ -151,7 +153,9 @@ def _validate(values: dict[str, Any]) -> None:
         raise SettingsError("public_url must not have a path, query or fragment")
     smtp = values["smtp_url"]
     if smtp and urlsplit(smtp).scheme not in ("smtp", "smtp+starttls", "smtps"):
-        raise SettingsError("smtp_url must start with smtp://, smtp+starttls:// or smtps://")
+        raise SettingsError(
+            "smtp_url must start with smtp://, smtp+starttls:// or smtps://"
+        )
     pw = values["passwords"]
     if pw["min_length"] < 8:
         raise SettingsError("passwords.min_length must be at least 8")
@@ -163,7 +167,9 @@ def _validate(values: dict[str, Any]) -> None:
         try:
             ipaddress.ip_network(entry, strict=False)
         except ValueError as exc:
-            raise SettingsError(f"gateway.trusted_proxies: {entry!r} is not an address or range") from exc
+            raise SettingsError(
+                f"gateway.trusted_proxies: {entry!r} is not an address or range"
+            ) from exc
     if values["log"]["format"] not in ("text", "json"):
         raise SettingsError('log.format must be "text" or "json"')
 

@@ -33,6 +33,10 @@ PG_ADMIN_URL = os.environ.get(
     "PORTCULLIS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 PASSWORD = "correct horse battery staple"
+GENERIC_FAILURE = "The email or password is incorrect."
+INVALID_LINK = "This link is invalid or has expired."
+# A page with a form for every member, to take a CSRF token from.
+CSRF_PAGE = "/portal/privacy-security"
 # Cheap argon2 for speed; tests of the real cost set their own.
 FAST_HASH = {"argon2_memory_kib": 64, "argon2_time_cost": 1}
 
@@ -81,7 +85,9 @@ def _pg_fail_or_skip(message: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_template(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Iterator[str]:
+def database_template(
+    tmp_path_factory: pytest.TempPathFactory, keys_dir: Path
+) -> Iterator[str]:
     """A migrated database for the run: a SQLite file to copy per test, or a
     fresh PostgreSQL database that tests truncate."""
     if DB_KIND == "sqlite":
@@ -96,7 +102,11 @@ def database_template(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) 
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     except sa.exc.OperationalError as exc:
         _pg_fail_or_skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
-    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    url = (
+        sa.engine.make_url(PG_ADMIN_URL)
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
     try:
         _migrate(url, keys_dir, tmp_path_factory.mktemp("pg-instance"))
         yield url
@@ -109,8 +119,14 @@ def database_template(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) 
 def _migrate(url: str, keys_dir: Path, instance: Path) -> None:
     from idp import migrate
 
-    settings = load_settings(environ={}, overrides={
-        "database_url": url, "keys_dir": str(keys_dir), "instance_dir": str(instance)})
+    settings = load_settings(
+        environ={},
+        overrides={
+            "database_url": url,
+            "keys_dir": str(keys_dir),
+            "instance_dir": str(instance),
+        },
+    )
     app = create_app(settings)
     with app.app_context():
         migrate.upgrade()
@@ -160,8 +176,14 @@ def overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(database_url: str, keys_dir: Path, tmp_path: Path, clock: FakeClock,
-        mailer: RecordingMailer, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
+def app(
+    database_url: str,
+    keys_dir: Path,
+    tmp_path: Path,
+    clock: FakeClock,
+    mailer: RecordingMailer,
+    overrides: dict[str, Any],
+):  # type: ignore[no-untyped-def]
     values: dict[str, Any] = {
         "database_url": database_url,
         "keys_dir": str(keys_dir),
@@ -175,7 +197,9 @@ def app(database_url: str, keys_dir: Path, tmp_path: Path, clock: FakeClock,
             values.setdefault(key, {}).update(value)
         else:
             values[key] = value
-    application = create_app(load_settings(environ={}, overrides=values), clock=clock, mailer=mailer)
+    application = create_app(
+        load_settings(environ={}, overrides=values), clock=clock, mailer=mailer
+    )
     application.config["TESTING"] = True
     yield application
     with application.app_context():
@@ -196,6 +220,7 @@ def client(app):  # type: ignore[no-untyped-def]
 
 # --- data helpers -----------------------------------------------------------
 
+
 def make_workspace(app, name: str = "Acme"):  # type: ignore[no-untyped-def]
     from idp.services.context import Context
     from idp.services.workspaces import create_workspace
@@ -206,15 +231,26 @@ def make_workspace(app, name: str = "Acme"):  # type: ignore[no-untyped-def]
         return ws
 
 
-def make_user(app, workspace, email: str, *, role: str = "read_only",  # type: ignore[no-untyped-def]
-              password: str | None = PASSWORD, status: str = "active", name: str = ""):
+def make_user(
+    app,
+    workspace,
+    email: str,
+    *,
+    role: str = "read_only",  # type: ignore[no-untyped-def]
+    password: str | None = PASSWORD,
+    status: str = "active",
+    name: str = "",
+):
     from idp.models import User
     from idp.state import state
 
     with app.app_context():
         user = User(
-            workspace_id=workspace.id, email=email, full_name=name or email.split("@")[0].title(),
-            role=role, status=status,
+            workspace_id=workspace.id,
+            email=email,
+            full_name=name or email.split("@")[0].title(),
+            role=role,
+            status=status,
             password_hash=state().passwords.hash(password) if password else None,
             joined_at=state().clock() if status != "invited" else None,
             created_at=state().clock(),
@@ -236,7 +272,9 @@ def csrf_from(client, path: str = "/login") -> str:  # type: ignore[no-untyped-d
     return match.group(1)
 
 
-def post_form(client, path: str, data: dict[str, str], *, csrf_page: str | None = None, **kw):  # type: ignore[no-untyped-def]
+def post_form(
+    client, path: str, data: dict[str, str], *, csrf_page: str | None = None, **kw
+):  # type: ignore[no-untyped-def]
     token = csrf_from(client, csrf_page or path)
     return client.post(path, data={**data, "csrf_token": token}, **kw)
 
@@ -246,10 +284,35 @@ def login(client, email: str, password: str = PASSWORD, *, follow: bool = False)
     response = post_form(client, "/login", {"email": email})
     assert response.status_code == 302, response.status_code
     token = csrf_from(client, "/login/password")
-    return client.post("/login/password", data={"password": password, "csrf_token": token},
-                       follow_redirects=follow)
+    return client.post(
+        "/login/password",
+        data={"password": password, "csrf_token": token},
+        follow_redirects=follow,
+    )
 
 
 def session_cookie(client) -> str | None:  # type: ignore[no-untyped-def]
     cookie = client.get_cookie("portcullis_session")
     return cookie.value if cookie else None
+
+
+def signed_in(app, email: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
+    """A new browser signed in as ``email``."""
+    client = app.test_client()
+    response = login(client, email, password)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return client
+
+
+def table_rows(app, *models) -> dict[str, list[tuple]]:  # type: ignore[no-untyped-def]
+    """Every row of each model's table as plain tuples: compare before and
+    after a refused action to show that nothing changed."""
+    with app.app_context():
+        result = {}
+        for model in models:
+            table = model.__table__
+            rows = db.session.execute(
+                sa.select(*table.columns).order_by(*table.primary_key)
+            )
+            result[table.name] = [tuple(str(v) for v in row) for row in rows]
+        return result

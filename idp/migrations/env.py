@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from idp.db import Base
 import idp.models  # noqa: F401 - registers every table on Base.metadata
+from idp.db import Base
 
 config = context.config
 target_metadata = Base.metadata

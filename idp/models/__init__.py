@@ -3,7 +3,12 @@
 from idp.models.audit import AuditEvent
 from idp.models.sessions import LoginThrottle, Session
 from idp.models.users import EmailToken, Invitation, User
-from idp.models.workspaces import DomainAllowEntry, IpAllowEntry, SecurityPolicy, Workspace
+from idp.models.workspaces import (
+    DomainAllowEntry,
+    IpAllowEntry,
+    SecurityPolicy,
+    Workspace,
+)
 
 __all__ = [
     "AuditEvent",

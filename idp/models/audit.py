@@ -21,8 +21,12 @@ class AuditEvent(Base):
     __table_args__ = (
         # Keyset pagination, newest first, within a workspace.
         sa.Index("ix_audit_events_workspace_id_id", "workspace_id", "id"),
-        sa.Index("ix_audit_events_workspace_id_occurred_at", "workspace_id", "occurred_at"),
-        sa.Index("ix_audit_events_workspace_id_action_id", "workspace_id", "action", "id"),
+        sa.Index(
+            "ix_audit_events_workspace_id_occurred_at", "workspace_id", "occurred_at"
+        ),
+        sa.Index(
+            "ix_audit_events_workspace_id_action_id", "workspace_id", "action", "id"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)

@@ -19,7 +19,9 @@ class User(Base):
         sa.UniqueConstraint("workspace_id", "username_key"),
         sa.UniqueConstraint("workspace_id", "scim_external_id"),
         sa.CheckConstraint("role IN ('admin', 'read_only')", name="role"),
-        sa.CheckConstraint("status IN ('invited', 'active', 'disabled')", name="status"),
+        sa.CheckConstraint(
+            "status IN ('invited', 'active', 'disabled')", name="status"
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=new_id)
@@ -47,8 +49,11 @@ class User(Base):
     scim_external_id: Mapped[str | None] = mapped_column(sa.String(255))
 
     invitation: Mapped[Invitation | None] = relationship(
-        back_populates="user", uselist=False, cascade="all, delete-orphan",
-        passive_deletes=True, foreign_keys="Invitation.user_id",
+        back_populates="user",
+        uselist=False,
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        foreign_keys="Invitation.user_id",
     )
 
     @property
@@ -83,7 +88,9 @@ class Invitation(Base):
     send_status: Mapped[str] = mapped_column(sa.String(20), default="pending")
     send_error: Mapped[str | None] = mapped_column(sa.String(500))
 
-    user: Mapped[User] = relationship(back_populates="invitation", foreign_keys=[user_id])
+    user: Mapped[User] = relationship(
+        back_populates="invitation", foreign_keys=[user_id]
+    )
 
 
 class EmailToken(Base):
@@ -91,7 +98,9 @@ class EmailToken(Base):
 
     __tablename__ = "email_tokens"
     __table_args__ = (
-        sa.CheckConstraint("purpose IN ('password_reset', 'email_change')", name="purpose"),
+        sa.CheckConstraint(
+            "purpose IN ('password_reset', 'email_change')", name="purpose"
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=new_id)

@@ -13,7 +13,13 @@ from connectors.mail import MailError
 from idp.clock import now
 from idp.db import db
 from idp.models import EmailToken, Session, User, Workspace
-from idp.security import InvalidEmail, new_token, normalize_email, parse_email, token_digest
+from idp.security import (
+    InvalidEmail,
+    new_token,
+    normalize_email,
+    parse_email,
+    token_digest,
+)
 from idp.services import audit, mail, sessions, throttle
 from idp.services.context import Context
 from idp.services.domains import require_allowed_domain
@@ -32,7 +38,9 @@ def rotate_token(ctx: Context) -> str:
     assert ctx.session is not None
     token = new_token()
     db.session.execute(
-        sa.update(Session).where(Session.id == ctx.session.id).values(token_hash=token_digest(token))
+        sa.update(Session)
+        .where(Session.id == ctx.session.id)
+        .values(token_hash=token_digest(token))
     )
     return token
 
@@ -46,7 +54,8 @@ def _verify_current(ctx: Context, password: str) -> None:
     if wait:
         raise Throttled(
             "Too many wrong passwords for this account. Try again in a few minutes.",
-            retry_after=wait, code="account_throttled",
+            retry_after=wait,
+            code="account_throttled",
         )
     try:
         ok, _ = state().passwords.verify(ctx.user.password_hash, password)
@@ -59,8 +68,14 @@ def _verify_current(ctx: Context, password: str) -> None:
         db.session.commit()
     else:
         db.session.rollback()
-        audit.record(ctx, "password.verify", workspace_id=ctx.user.workspace_id,
-                     outcome="failure", reason="bad_credentials", target=ctx.user)
+        audit.record(
+            ctx,
+            "password.verify",
+            workspace_id=ctx.user.workspace_id,
+            outcome="failure",
+            reason="bad_credentials",
+            target=ctx.user,
+        )
         db.session.commit()
         raise InvalidInput(
             "The current password is incorrect.", code="bad_credentials", audited=True
@@ -75,11 +90,18 @@ def change_password(ctx: Context, *, current: str, new: str) -> str:
     _verify_current(ctx, current)
     user.password_hash = state().passwords.hash(prepared)
     user.password_changed_at = now()
-    ended = sessions.revoke_user_sessions(user.id, "password_changed", keep=ctx.session.id if ctx.session else None)
+    ended = sessions.revoke_user_sessions(
+        user.id, "password_changed", keep=ctx.session.id if ctx.session else None
+    )
     _void_links(user)
     token = rotate_token(ctx)
-    audit.record(ctx, "password.change", workspace_id=user.workspace_id, target=user,
-                 details={"sessions_ended": ended})
+    audit.record(
+        ctx,
+        "password.change",
+        workspace_id=user.workspace_id,
+        target=user,
+        details={"sessions_ended": ended},
+    )
     db.session.commit()
     return token
 
@@ -97,9 +119,15 @@ def request_password_reset(ctx: Context, typed_email: str) -> None:
     email. The answer is the same whether or not one exists, and mail goes
     out on another thread so its latency tells nothing either."""
     key = normalize_email(typed_email)
-    users = list(
-        db.session.scalars(sa.select(User).where(User.email == key, User.status == "active"))
-    ) if key else []
+    users = (
+        list(
+            db.session.scalars(
+                sa.select(User).where(User.email == key, User.status == "active")
+            )
+        )
+        if key
+        else []
+    )
     minutes = settings()["invitations"]["reset_lifetime_minutes"]
     outgoing = []
     for user in users:
@@ -109,17 +137,31 @@ def request_password_reset(ctx: Context, typed_email: str) -> None:
             )
         )
         token = new_token()
-        db.session.add(EmailToken(
-            workspace_id=user.workspace_id, user_id=user.id, purpose="password_reset",
-            token_hash=token_digest(token), created_at=now(),
-            expires_at=now() + timedelta(minutes=minutes),
-        ))
-        audit.record(ctx, "password.reset_request", workspace_id=user.workspace_id, target=user)
+        db.session.add(
+            EmailToken(
+                workspace_id=user.workspace_id,
+                user_id=user.id,
+                purpose="password_reset",
+                token_hash=token_digest(token),
+                created_at=now(),
+                expires_at=now() + timedelta(minutes=minutes),
+            )
+        )
+        audit.record(
+            ctx, "password.reset_request", workspace_id=user.workspace_id, target=user
+        )
         workspace = db.session.get(Workspace, user.workspace_id)
-        outgoing.append(mail.compose(
-            "reset", user.email, f"Reset your password for {workspace.name}",
-            url=mail.link(f"/reset/{token}"), user=user, workspace=workspace, minutes=minutes,
-        ))
+        outgoing.append(
+            mail.compose(
+                "reset",
+                user.email,
+                f"Reset your password for {workspace.name}",
+                url=mail.link(f"/reset/{token}"),
+                user=user,
+                workspace=workspace,
+                minutes=minutes,
+            )
+        )
     db.session.commit()
     mailer = state().mailer
     if outgoing:
@@ -166,13 +208,16 @@ def _void_links(user: User, *purposes: str) -> None:
     if purposes:
         condition.append(EmailToken.purpose.in_(purposes))
     db.session.execute(
-        sa.delete(EmailToken).where(*condition).execution_options(synchronize_session=False)
+        sa.delete(EmailToken)
+        .where(*condition)
+        .execution_options(synchronize_session=False)
     )
 
 
 def _claim(row: EmailToken) -> None:
     claimed = db.session.execute(
-        sa.delete(EmailToken).where(EmailToken.id == row.id)
+        sa.delete(EmailToken)
+        .where(EmailToken.id == row.id)
         .execution_options(synchronize_session=False)
     ).rowcount
     if claimed != 1:
@@ -196,8 +241,13 @@ def reset_password(ctx: Context, token: str | None, new: str) -> User:
     ended = sessions.revoke_user_sessions(user.id, "password_reset")
     _void_links(user)
     throttle.clear(user.email)
-    audit.record(Context.for_user(user, ctx.client), "password.reset", workspace_id=user.workspace_id,
-                 target=user, details={"sessions_ended": ended})
+    audit.record(
+        Context.for_user(user, ctx.client),
+        "password.reset",
+        workspace_id=user.workspace_id,
+        target=user,
+        details={"sessions_ended": ended},
+    )
     db.session.commit()
     return user
 
@@ -226,12 +276,18 @@ def _clean_phone(phone: str) -> str | None:
     try:
         parsed = phonenumbers.parse(phone, region)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidInput(f"Enter a valid phone number{hint}.", code="invalid_phone") from exc
+        raise InvalidInput(
+            f"Enter a valid phone number{hint}.", code="invalid_phone"
+        ) from exc
     if not phonenumbers.is_valid_number(parsed):
-        raise InvalidInput("That phone number does not exist; check the digits.", code="invalid_phone")
+        raise InvalidInput(
+            "That phone number does not exist; check the digits.", code="invalid_phone"
+        )
     if parsed.extension:
         # E.164 has no room for an extension; refuse rather than drop it.
-        raise InvalidInput("Enter the number without an extension.", code="invalid_phone")
+        raise InvalidInput(
+            "Enter the number without an extension.", code="invalid_phone"
+        )
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -255,24 +311,39 @@ def update_profile(
             )
         )
         if taken:
-            raise Conflict("That username is taken in this workspace.", code="username_taken")
-    before = {"full_name": user.full_name, "username": user.username, "phone": user.phone,
-              "job_title": user.job_title}
+            raise Conflict(
+                "That username is taken in this workspace.", code="username_taken"
+            )
+    before = {
+        "full_name": user.full_name,
+        "username": user.username,
+        "phone": user.phone,
+        "job_title": user.job_title,
+    }
     user.full_name = name
     user.username = handle
     user.username_key = handle.lower() if handle else None
     user.phone = number
     user.job_title = title
     after = {"full_name": name, "username": handle, "phone": number, "job_title": title}
-    changed = {k: {"old": before[k], "new": after[k]} for k in after if before[k] != after[k]}
+    changed = {
+        k: {"old": before[k], "new": after[k]} for k in after if before[k] != after[k]
+    }
     if changed:
-        audit.record(ctx, "profile.update", workspace_id=user.workspace_id, target=user,
-                     details={"changed": changed})
+        audit.record(
+            ctx,
+            "profile.update",
+            workspace_id=user.workspace_id,
+            target=user,
+            details={"changed": changed},
+        )
     try:
         db.session.commit()
     except sa.exc.IntegrityError as exc:
         db.session.rollback()
-        raise Conflict("That username is taken in this workspace.", code="username_taken") from exc
+        raise Conflict(
+            "That username is taken in this workspace.", code="username_taken"
+        ) from exc
     return user
 
 
@@ -292,34 +363,60 @@ def request_email_change(ctx: Context, *, new_email: str, password: str) -> str:
     _verify_current(ctx, password)
     _require_email_free(workspace, address)
     db.session.execute(
-        sa.delete(EmailToken).where(EmailToken.user_id == user.id, EmailToken.purpose == "email_change")
+        sa.delete(EmailToken).where(
+            EmailToken.user_id == user.id, EmailToken.purpose == "email_change"
+        )
     )
     token = new_token()
     hours = settings()["invitations"]["email_change_lifetime_hours"]
-    db.session.add(EmailToken(
-        workspace_id=user.workspace_id, user_id=user.id, purpose="email_change",
-        token_hash=token_digest(token), new_email=address, created_at=now(),
-        expires_at=now() + timedelta(hours=hours),
-    ))
-    audit.record(ctx, "email.change_request", workspace_id=user.workspace_id, target=user,
-                 details={"new_email": address})
+    db.session.add(
+        EmailToken(
+            workspace_id=user.workspace_id,
+            user_id=user.id,
+            purpose="email_change",
+            token_hash=token_digest(token),
+            new_email=address,
+            created_at=now(),
+            expires_at=now() + timedelta(hours=hours),
+        )
+    )
+    audit.record(
+        ctx,
+        "email.change_request",
+        workspace_id=user.workspace_id,
+        target=user,
+        details={"new_email": address},
+    )
     db.session.commit()
-    error = mail.send(mail.compose(
-        "email_change", address, "Confirm your new email address",
-        url=mail.link(f"/email/confirm/{token}"), user=user, workspace=workspace, hours=hours,
-    ))
+    error = mail.send(
+        mail.compose(
+            "email_change",
+            address,
+            "Confirm your new email address",
+            url=mail.link(f"/email/confirm/{token}"),
+            user=user,
+            workspace=workspace,
+            hours=hours,
+        )
+    )
     if error:
-        raise InvalidInput(f"The confirmation mail could not be sent: {error}", code="mail_failed")
+        raise InvalidInput(
+            f"The confirmation mail could not be sent: {error}", code="mail_failed"
+        )
     return address
 
 
 def _require_email_free(workspace: Workspace, address: str) -> None:
     taken = db.session.scalar(
-        sa.select(User.id).where(User.workspace_id == workspace.id, User.email == address)
+        sa.select(User.id).where(
+            User.workspace_id == workspace.id, User.email == address
+        )
     )
     if taken:
-        raise Conflict("Another member of this workspace already uses that address.",
-                       code="email_taken")
+        raise Conflict(
+            "Another member of this workspace already uses that address.",
+            code="email_taken",
+        )
 
 
 def check_email_change_link(token: str | None) -> None:
@@ -345,15 +442,29 @@ def confirm_email_change(ctx: Context, token: str | None) -> User:
         user.email = new_email
         # Reset links went to the old address, which no longer speaks for the account.
         _void_links(user, "password_reset")
-        audit.record(Context.for_user(user, ctx.client), "email.change",
-                     workspace_id=user.workspace_id, target=user,
-                     details={"old": old, "new": new_email})
+        audit.record(
+            Context.for_user(user, ctx.client),
+            "email.change",
+            workspace_id=user.workspace_id,
+            target=user,
+            details={"old": old, "new": new_email},
+        )
         db.session.commit()
     except sa.exc.IntegrityError as exc:
         # Another member took the address after the check above.
         db.session.rollback()
-        raise Conflict("Another member of this workspace already uses that address.",
-                       code="email_taken") from exc
-    mail.send(mail.compose("email_changed", old, "Your email address was changed",
-                           user=user, workspace=workspace, new_email=new_email))
+        raise Conflict(
+            "Another member of this workspace already uses that address.",
+            code="email_taken",
+        ) from exc
+    mail.send(
+        mail.compose(
+            "email_changed",
+            old,
+            "Your email address was changed",
+            user=user,
+            workspace=workspace,
+            new_email=new_email,
+        )
+    )
     return user

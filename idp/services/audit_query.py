@@ -35,12 +35,29 @@ PG_SEARCH_SQL = (
 SQLITE_FTS_COLUMNS = "actor_label, action, target_label, reason, client_ip"
 
 ACTIONS = (
-    "signin.success", "signin.failure", "session.logout", "session.logout_others",
-    "session.end", "password.change", "password.reset_request", "password.reset",
-    "password.verify", "user.invite", "user.setup_link", "user.resend_invitation",
-    "invitation.accept", "user.disable", "user.enable", "user.delete", "user.change_role",
-    "profile.update", "email.change_request", "email.change", "authz.denied",
-    "workspace.create", "request.refused",
+    "signin.success",
+    "signin.failure",
+    "session.logout",
+    "session.logout_others",
+    "session.end",
+    "password.change",
+    "password.reset_request",
+    "password.reset",
+    "password.verify",
+    "user.invite",
+    "user.setup_link",
+    "user.resend_invitation",
+    "invitation.accept",
+    "user.disable",
+    "user.enable",
+    "user.delete",
+    "user.change_role",
+    "profile.update",
+    "email.change_request",
+    "email.change",
+    "authz.denied",
+    "workspace.create",
+    "request.refused",
 )
 
 
@@ -55,6 +72,7 @@ class Filters:
     @classmethod
     def parse(cls, args: dict[str, str]) -> Filters:
         """From query parameters; anything malformed is dropped, not fatal."""
+
         def day(value: str | None) -> date | None:
             try:
                 return date.fromisoformat(value) if value else None
@@ -71,9 +89,13 @@ class Filters:
         )
 
     def as_args(self) -> dict[str, str]:
-        args = {"q": self.text, "action": self.action, "actor": self.actor,
-                "from": self.since.isoformat() if self.since else "",
-                "to": self.until.isoformat() if self.until else ""}
+        args = {
+            "q": self.text,
+            "action": self.action,
+            "actor": self.actor,
+            "from": self.since.isoformat() if self.since else "",
+            "to": self.until.isoformat() if self.until else "",
+        }
         return {k: v for k, v in args.items() if v}
 
 
@@ -85,7 +107,9 @@ def _search_text(value: str) -> str:
 
 
 def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return (
+        "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    )
 
 
 # The SQLite full-text table; its rowid is the event's id.
@@ -109,8 +133,13 @@ def _text_condition(text: str) -> sa.ColumnElement[bool]:
         return sa.text(f"{PG_SEARCH_SQL} LIKE :pattern ESCAPE '\\'").bindparams(
             pattern=_like(lowered)
         )
-    fields = (AuditEvent.actor_label, AuditEvent.action, AuditEvent.target_label,
-              AuditEvent.reason, AuditEvent.client_ip)
+    fields = (
+        AuditEvent.actor_label,
+        AuditEvent.action,
+        AuditEvent.target_label,
+        AuditEvent.reason,
+        AuditEvent.client_ip,
+    )
     return sa.or_(*(sa.func.lower(f).like(_like(lowered), escape="\\") for f in fields))
 
 
@@ -136,7 +165,9 @@ def _select(
         statement = statement.where(AuditEvent.action == filters.action)
     if filters.actor:
         statement = statement.where(
-            sa.func.lower(AuditEvent.actor_label).like(_like(filters.actor.lower()), escape="\\")
+            sa.func.lower(AuditEvent.actor_label).like(
+                _like(filters.actor.lower()), escape="\\"
+            )
         )
     if filters.since:
         statement = statement.where(
@@ -145,7 +176,8 @@ def _select(
     # The last representable day has no next midnight; nothing is after it.
     if filters.until and filters.until < date.max:
         statement = statement.where(
-            AuditEvent.occurred_at < datetime.combine(filters.until + timedelta(days=1), time.min, UTC)
+            AuditEvent.occurred_at
+            < datetime.combine(filters.until + timedelta(days=1), time.min, UTC)
         )
     return statement, key
 
@@ -157,7 +189,9 @@ class Page:
     next_before: int | None
 
 
-def page(workspace_id: uuid.UUID, filters: Filters, *, before: int | None, size: int) -> Page:
+def page(
+    workspace_id: uuid.UUID, filters: Filters, *, before: int | None, size: int
+) -> Page:
     """Newest first; ``before`` is the id the previous page ended at."""
     statement, key = _select(workspace_id, filters)
     if before is not None:
@@ -168,8 +202,19 @@ def page(workspace_id: uuid.UUID, filters: Filters, *, before: int | None, size:
     return Page(rows, rows[-1].id if more and rows else None)
 
 
-CSV_HEADER = ("time", "actor_type", "actor", "action", "target", "outcome", "reason",
-              "client_ip", "peer_ip", "user_agent", "details")
+CSV_HEADER = (
+    "time",
+    "actor_type",
+    "actor",
+    "action",
+    "target",
+    "outcome",
+    "reason",
+    "client_ip",
+    "peer_ip",
+    "user_agent",
+    "details",
+)
 
 
 def _cell(value: object) -> str:
@@ -199,10 +244,18 @@ def export_csv(workspace_id: uuid.UUID, filters: Filters) -> Iterator[str]:
         statement = base if before is None else base.where(key < before)
         rows = db.session.execute(
             statement.with_only_columns(
-                AuditEvent.id, AuditEvent.occurred_at, AuditEvent.actor_type,
-                AuditEvent.actor_label, AuditEvent.action, AuditEvent.target_label,
-                AuditEvent.outcome, AuditEvent.reason, AuditEvent.client_ip,
-                AuditEvent.peer_ip, AuditEvent.user_agent, AuditEvent.details,
+                AuditEvent.id,
+                AuditEvent.occurred_at,
+                AuditEvent.actor_type,
+                AuditEvent.actor_label,
+                AuditEvent.action,
+                AuditEvent.target_label,
+                AuditEvent.outcome,
+                AuditEvent.reason,
+                AuditEvent.client_ip,
+                AuditEvent.peer_ip,
+                AuditEvent.user_agent,
+                AuditEvent.details,
             )
         ).all()
         if not rows:
@@ -210,13 +263,23 @@ def export_csv(workspace_id: uuid.UUID, filters: Filters) -> Iterator[str]:
         buffer.seek(0)
         buffer.truncate()
         for row in rows:
-            writer.writerow([
-                _cell(row.occurred_at.isoformat().replace("+00:00", "Z")),
-                _cell(row.actor_type), _cell(row.actor_label), _cell(row.action),
-                _cell(row.target_label), _cell(row.outcome), _cell(row.reason),
-                _cell(row.client_ip), _cell(row.peer_ip), _cell(row.user_agent),
-                _cell(json.dumps(row.details, sort_keys=True) if row.details else ""),
-            ])
+            writer.writerow(
+                [
+                    _cell(row.occurred_at.isoformat().replace("+00:00", "Z")),
+                    _cell(row.actor_type),
+                    _cell(row.actor_label),
+                    _cell(row.action),
+                    _cell(row.target_label),
+                    _cell(row.outcome),
+                    _cell(row.reason),
+                    _cell(row.client_ip),
+                    _cell(row.peer_ip),
+                    _cell(row.user_agent),
+                    _cell(
+                        json.dumps(row.details, sort_keys=True) if row.details else ""
+                    ),
+                ]
+            )
         yield buffer.getvalue()
         before = rows[-1].id
         db.session.expunge_all()

@@ -36,7 +36,9 @@ class Context:
         return cls("operator", Client(), label="operator (CLI)")
 
     @classmethod
-    def for_user(cls, user: User, client: Client, session: Session | None = None) -> Context:
+    def for_user(
+        cls, user: User, client: Client, session: Session | None = None
+    ) -> Context:
         return cls("user", client, user=user, session=session, label=user.email)
 
     @property

@@ -28,12 +28,18 @@ def domain_allowed(workspace: Workspace, email: str) -> bool:
     return False
 
 
-def require_allowed_domain(ctx: Context, workspace: Workspace, email: str, *, action: str) -> None:
+def require_allowed_domain(
+    ctx: Context, workspace: Workspace, email: str, *, action: str
+) -> None:
     if domain_allowed(workspace, email):
         return
     audit.record_now(
-        ctx, action, workspace_id=workspace.id, outcome="denied",
-        reason="domain_not_allowed", target_label=email,
+        ctx,
+        action,
+        workspace_id=workspace.id,
+        outcome="denied",
+        reason="domain_not_allowed",
+        target_label=email,
     )
     raise Forbidden(
         f"Addresses at {email_domain(email)} cannot join this workspace: "

@@ -11,7 +11,9 @@ class ServiceError(Exception):
     status = 400
     default_code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None, audited: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, audited: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
@@ -47,7 +49,9 @@ class InvalidLink(ServiceError):
     default_code = "invalid_link"
 
     def __init__(self, code: str = "invalid_link", *, audited: bool = False) -> None:
-        super().__init__("This link is invalid or has expired.", code=code, audited=audited)
+        super().__init__(
+            "This link is invalid or has expired.", code=code, audited=audited
+        )
 
 
 class Throttled(ServiceError):
@@ -55,7 +59,12 @@ class Throttled(ServiceError):
     default_code = "throttled"
 
     def __init__(
-        self, message: str, *, retry_after: int, code: str | None = None, audited: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        code: str | None = None,
+        audited: bool = False,
     ) -> None:
         super().__init__(message, code=code, audited=audited)
         self.retry_after = retry_after

@@ -12,13 +12,13 @@ import sqlalchemy as sa
 from idp.clock import now
 from idp.db import db
 from idp.models import Invitation, User, Workspace
+from idp.models.users import ROLES
 from idp.security import InvalidEmail, new_token, parse_email, token_digest
 from idp.services import audit, mail, signin
 from idp.services.context import Context
 from idp.services.domains import require_allowed_domain
 from idp.services.errors import Conflict, InvalidInput, InvalidLink, NotFound
 from idp.services.permissions import require_admin
-from idp.models.users import ROLES
 from idp.state import settings, state
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,16 @@ def _new_invitation(ctx: Context, user: User) -> str:
     return token
 
 
-def _send(user: User, token: str, workspace: Workspace, *, setup: bool, send_mail: bool) -> Issued:
+def _send(
+    user: User, token: str, workspace: Workspace, *, setup: bool, send_mail: bool
+) -> Issued:
     url = mail.link(f"/invite/{token}")
     if not send_mail:
         # The operator's CLI prints the link itself.
         db.session.execute(
-            sa.update(Invitation).where(Invitation.user_id == user.id).values(send_status="printed")
+            sa.update(Invitation)
+            .where(Invitation.user_id == user.id)
+            .values(send_status="printed")
         )
         db.session.commit()
         return Issued(user, url, None)
@@ -76,7 +80,12 @@ def _send(user: User, token: str, workspace: Workspace, *, setup: bool, send_mai
     )
     error = mail.send(
         mail.compose(
-            template, user.email, subject, url=url, user=user, workspace=workspace,
+            template,
+            user.email,
+            subject,
+            url=url,
+            user=user,
+            workspace=workspace,
             hours=settings()["invitations"]["lifetime_hours"],
         )
     )
@@ -93,8 +102,14 @@ def _send(user: User, token: str, workspace: Workspace, *, setup: bool, send_mai
 
 
 def invite_user(
-    ctx: Context, workspace: Workspace, *, email: str, role: str, full_name: str,
-    setup: bool = False, send_mail: bool = True,
+    ctx: Context,
+    workspace: Workspace,
+    *,
+    email: str,
+    role: str,
+    full_name: str,
+    setup: bool = False,
+    send_mail: bool = True,
 ) -> Issued:
     """Create an invited member and mail them a single-use link."""
     require_admin(ctx, workspace.id, "user.invite")
@@ -111,18 +126,27 @@ def invite_user(
     )
     if existing is not None:
         if existing.status == "invited":
-            raise Conflict(f"{address} is already invited; use Resend invitation email.")
+            raise Conflict(
+                f"{address} is already invited; use Resend invitation email."
+            )
         raise Conflict(f"{address} is already a member of this workspace.")
     user = User(
-        workspace_id=workspace.id, email=address, full_name=name, role=role,
-        status="invited", created_at=now(),
+        workspace_id=workspace.id,
+        email=address,
+        full_name=name,
+        role=role,
+        status="invited",
+        created_at=now(),
     )
     db.session.add(user)
     db.session.flush()
     token = _new_invitation(ctx, user)
     audit.record(
-        ctx, "user.setup_link" if setup else "user.invite", workspace_id=workspace.id,
-        target=user, details={"role": role},
+        ctx,
+        "user.setup_link" if setup else "user.invite",
+        workspace_id=workspace.id,
+        target=user,
+        details={"role": role},
     )
     try:
         db.session.commit()
@@ -148,7 +172,9 @@ def resend_invitation(
     token = _new_invitation(ctx, user)
     audit.record(ctx, "user.resend_invitation", workspace_id=workspace.id, target=user)
     db.session.commit()
-    return _send(user, token, workspace, setup=ctx.actor_type == "operator", send_mail=send_mail)
+    return _send(
+        user, token, workspace, setup=ctx.actor_type == "operator", send_mail=send_mail
+    )
 
 
 def invitation_for(token: str | None, *, viewer: Context | None = None) -> Invitation:
@@ -163,12 +189,18 @@ def invitation_for(token: str | None, *, viewer: Context | None = None) -> Invit
         raise InvalidLink()
     if invitation.user.status != "invited":
         raise InvalidLink()
-    if viewer is not None and viewer.user is not None and viewer.user.id != invitation.user_id:
+    if (
+        viewer is not None
+        and viewer.user is not None
+        and viewer.user.id != invitation.user_id
+    ):
         raise InvalidLink("signed_in_as_other")
     return invitation
 
 
-def accept_invitation(ctx: Context, token: str | None, *, full_name: str, password: str) -> str:
+def accept_invitation(
+    ctx: Context, token: str | None, *, full_name: str, password: str
+) -> str:
     """Set name and password, activate the account and sign it in. Returns
     the new session token. Two acceptances of one link: exactly one wins."""
     invitation = invitation_for(token)
@@ -176,8 +208,12 @@ def accept_invitation(ctx: Context, token: str | None, *, full_name: str, passwo
     if ctx.user is not None and ctx.user.id != user.id:
         # Signed in as someone else: never let one browser join two people.
         audit.record_now(
-            ctx, "invitation.accept", workspace_id=invitation.workspace_id,
-            outcome="failure", reason="signed_in_as_other", target=user,
+            ctx,
+            "invitation.accept",
+            workspace_id=invitation.workspace_id,
+            outcome="failure",
+            reason="signed_in_as_other",
+            target=user,
         )
         raise InvalidLink("signed_in_as_other", audited=True)
     name = clean_name(full_name)
@@ -204,8 +240,11 @@ def accept_invitation(ctx: Context, token: str | None, *, full_name: str, passwo
         sa.update(User)
         .where(User.id == user.id, User.status == "invited")
         .values(
-            full_name=name, password_hash=password_hash, password_changed_at=moment,
-            status="active", joined_at=moment,
+            full_name=name,
+            password_hash=password_hash,
+            password_changed_at=moment,
+            status="active",
+            joined_at=moment,
         )
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -213,7 +252,9 @@ def accept_invitation(ctx: Context, token: str | None, *, full_name: str, passwo
         db.session.rollback()
         raise InvalidLink("already_used")
     accepting = Context.for_user(user, ctx.client)
-    audit.record(accepting, "invitation.accept", workspace_id=user.workspace_id, target=user)
+    audit.record(
+        accepting, "invitation.accept", workspace_id=user.workspace_id, target=user
+    )
     db.session.commit()
     db.session.refresh(user)
     return signin.complete_sign_in(ctx, user, amr=["pwd"])

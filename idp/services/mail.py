@@ -14,7 +14,9 @@ def link(path: str) -> str:
     return settings().public_url + path
 
 
-def compose(template: str, to: str, subject: str, *, url: str | None = None, **values: Any) -> Mail:
+def compose(
+    template: str, to: str, subject: str, *, url: str | None = None, **values: Any
+) -> Mail:
     text = render_template(f"mail/{template}.txt", url=url, **values)
     return Mail(to=to, subject=subject, text=text, link=url)
 

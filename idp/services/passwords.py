@@ -54,7 +54,9 @@ class PasswordService:
     def check_new(self, password: str) -> str:
         """The prepared password, or InvalidInput saying what is wrong."""
         if len(password) > self.max_length:
-            raise InvalidInput(f"Use at most {self.max_length} characters.", code="password_too_long")
+            raise InvalidInput(
+                f"Use at most {self.max_length} characters.", code="password_too_long"
+            )
         prepared = self.prepare(password)
         if len(prepared) < self.min_length:
             raise InvalidInput(
@@ -110,7 +112,9 @@ class _Slot:
 
     def __enter__(self) -> None:
         if not self.semaphore.acquire(timeout=self.wait):
-            raise Busy("Too many sign-ins at once; try again in a moment.", retry_after=2)
+            raise Busy(
+                "Too many sign-ins at once; try again in a moment.", retry_after=2
+            )
 
     def __exit__(self, *exc: object) -> None:
         self.semaphore.release()
@@ -118,7 +122,9 @@ class _Slot:
 
 @lru_cache(maxsize=1)
 def common_passwords() -> frozenset[str]:
-    text = resources.files("idp").joinpath("data/common-passwords.txt").read_text("utf-8")
+    text = (
+        resources.files("idp").joinpath("data/common-passwords.txt").read_text("utf-8")
+    )
     return frozenset(
         line.lower() for line in text.splitlines() if line and not line.startswith("# ")
     )

@@ -18,8 +18,15 @@ def require_admin(ctx: Context, workspace_id: uuid.UUID, action: str) -> None:
     if user is not None and user.workspace_id == workspace_id and user.role == "admin":
         return
     audit.record_now(
-        ctx, "authz.denied", workspace_id=workspace_id, outcome="denied",
-        reason="admin_required", details={"attempted": action},
+        ctx,
+        "authz.denied",
+        workspace_id=workspace_id,
+        outcome="denied",
+        reason="admin_required",
+        details={"attempted": action},
     )
-    raise Forbidden("Only admins of this workspace can do that.", code="admin_required",
-                    audited=True)
+    raise Forbidden(
+        "Only admins of this workspace can do that.",
+        code="admin_required",
+        audited=True,
+    )

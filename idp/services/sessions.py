@@ -45,7 +45,9 @@ def session_facts(session: Session) -> policies.SessionFacts:
     )
 
 
-def issue(user: User, client: Client, *, amr: list[str], authenticated_at: datetime) -> str:
+def issue(
+    user: User, client: Client, *, amr: list[str], authenticated_at: datetime
+) -> str:
     """Add a new session to the current transaction; return its token."""
     token = new_token()
     moment = now()
@@ -99,7 +101,9 @@ def load(token: str | None, client: Client) -> Loaded | None:
         # committed meanwhile is never undone.
         db.session.execute(
             sa.update(Session)
-            .where(Session.id == session.id, Session.last_seen_at == session.last_seen_at)
+            .where(
+                Session.id == session.id, Session.last_seen_at == session.last_seen_at
+            )
             .values(last_seen_at=moment)
         )
         db.session.execute(
@@ -136,7 +140,9 @@ def revoke_where(*conditions: sa.ColumnElement[bool], reason: str) -> int:
     return result.rowcount or 0
 
 
-def revoke_user_sessions(user_id: uuid.UUID, reason: str, *, keep: uuid.UUID | None = None) -> int:
+def revoke_user_sessions(
+    user_id: uuid.UUID, reason: str, *, keep: uuid.UUID | None = None
+) -> int:
     conditions = [Session.user_id == user_id]
     if keep is not None:
         conditions.append(Session.id != keep)
@@ -148,7 +154,9 @@ def sign_out(ctx: Context) -> None:
     if ctx.session is None or ctx.user is None:
         return
     revoke_where(Session.id == ctx.session.id, reason="logout")
-    audit.record(ctx, "session.logout", workspace_id=ctx.user.workspace_id, target=ctx.user)
+    audit.record(
+        ctx, "session.logout", workspace_id=ctx.user.workspace_id, target=ctx.user
+    )
     db.session.commit()
 
 
@@ -176,7 +184,10 @@ def end_own_session(ctx: Context, session_id: uuid.UUID) -> None:
     if count == 0:
         raise NotFound("That session does not exist or has already ended.")
     audit.record(
-        ctx, "session.end", workspace_id=ctx.user.workspace_id, target=ctx.user,
+        ctx,
+        "session.end",
+        workspace_id=ctx.user.workspace_id,
+        target=ctx.user,
         details={"session": str(session_id)},
     )
     db.session.commit()

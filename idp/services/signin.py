@@ -60,7 +60,10 @@ def check_password(ctx: Context, typed_email: str, password: str) -> list[User]:
     """
     pw = state().passwords
     if len(password) > pw.max_length:
-        raise InvalidInput(f"Passwords are at most {pw.max_length} characters.", code="password_too_long")
+        raise InvalidInput(
+            f"Passwords are at most {pw.max_length} characters.",
+            code="password_too_long",
+        )
     key = normalize_email(typed_email)
     if not key:
         raise InvalidInput("Enter your email address.")
@@ -116,8 +119,12 @@ def _record_failure(
         accounts = accounts_for_email(key)
     for workspace_id in {a.workspace_id for a in accounts} or {None}:
         audit.record(
-            ctx, "signin.failure", workspace_id=workspace_id, outcome="failure",
-            reason=reason, target_label=key,
+            ctx,
+            "signin.failure",
+            workspace_id=workspace_id,
+            outcome="failure",
+            reason=reason,
+            target_label=key,
         )
     db.session.commit()
 
@@ -130,7 +137,9 @@ def complete_sign_in(ctx: Context, user: User, *, amr: list[str]) -> str:
     # admin may have disabled or deleted it meanwhile. Locked (PostgreSQL)
     # until the session is committed, so a disable waits and then ends it.
     current = db.session.execute(
-        sa.select(User).where(User.id == user.id).with_for_update()
+        sa.select(User)
+        .where(User.id == user.id)
+        .with_for_update()
         .execution_options(populate_existing=True)
     ).scalar_one_or_none()
     decision = policies.evaluate(
@@ -166,8 +175,13 @@ def _refuse(ctx: Context, user: User, reason: str) -> NoReturn:
     workspace_id, label = user.workspace_id, user.email
     gone = reason == "account_deleted"
     audit.record_now(
-        ctx, "signin.failure", workspace_id=workspace_id, outcome="denied",
-        reason=reason, target=None if gone else user, target_label=label,
+        ctx,
+        "signin.failure",
+        workspace_id=workspace_id,
+        outcome="denied",
+        reason=reason,
+        target=None if gone else user,
+        target_label=label,
     )
     raise Forbidden(REFUSALS.get(reason, GENERIC_FAILURE), code=reason, audited=True)
 
@@ -191,7 +205,9 @@ class StaleChoice(ServiceError):
     default_code = "choice_expired"
 
 
-def account_in(user_ids: list[str], chosen: str, fingerprint: str | None) -> User | None:
+def account_in(
+    user_ids: list[str], chosen: str, fingerprint: str | None
+) -> User | None:
     """The chosen account among those the password opened (workspace choice);
     None for an account it did not open; StaleChoice when the choice was
     already used or the accounts changed since the password was checked."""

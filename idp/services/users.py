@@ -23,7 +23,9 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def list_users(workspace: Workspace, query: str = "", *, limit: int = LIST_LIMIT) -> list[User]:
+def list_users(
+    workspace: Workspace, query: str = "", *, limit: int = LIST_LIMIT
+) -> list[User]:
     """Members of the workspace whose any text field contains ``query``."""
     statement = sa.select(User).where(User.workspace_id == workspace.id)
     query = " ".join(query.split())[:SEARCH_MAX]
@@ -76,17 +78,23 @@ def _require_other_admin(workspace: Workspace, user: User, what: str) -> None:
         )
     )
     if not others:
-        raise Conflict(f"{user.email} is the last active admin of this workspace and cannot be {what}.",
-                       code="last_admin")
+        raise Conflict(
+            f"{user.email} is the last active admin of this workspace and cannot be {what}.",
+            code="last_admin",
+        )
 
 
 def _not_self(ctx: Context, user: User, what: str) -> None:
     if ctx.user is not None and ctx.user.id == user.id:
-        raise Conflict(f"You cannot {what} your own account here; ask another admin.",
-                       code="self_change")
+        raise Conflict(
+            f"You cannot {what} your own account here; ask another admin.",
+            code="self_change",
+        )
 
 
-def _prepare(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str, action: str) -> User:
+def _prepare(
+    ctx: Context, workspace: Workspace, user_id: uuid.UUID | str, action: str
+) -> User:
     require_admin(ctx, workspace.id, action)
     _lock_workspace(workspace)
     return get_member(workspace, user_id)
@@ -103,8 +111,13 @@ def disable_user(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str) -
     _require_other_admin(workspace, user, "disabled")
     user.status = "disabled"
     ended = sessions.revoke_user_sessions(user.id, "user_disabled")
-    audit.record(ctx, "user.disable", workspace_id=workspace.id, target=user,
-                 details={"sessions_ended": ended})
+    audit.record(
+        ctx,
+        "user.disable",
+        workspace_id=workspace.id,
+        target=user,
+        details={"sessions_ended": ended},
+    )
     db.session.commit()
     return user
 
@@ -126,21 +139,31 @@ def delete_user(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str) ->
     user = _prepare(ctx, workspace, user_id, "user.delete")
     _not_self(ctx, user, "delete")
     _require_other_admin(workspace, user, "deleted")
-    audit.record(ctx, "user.delete", workspace_id=workspace.id, target=user,
-                 details={"role": user.role, "status": user.status})
+    audit.record(
+        ctx,
+        "user.delete",
+        workspace_id=workspace.id,
+        target=user,
+        details={"role": user.role, "status": user.status},
+    )
     for model in (Session, Invitation, EmailToken):
         db.session.execute(
-            sa.delete(model).where(model.user_id == user.id)
+            sa.delete(model)
+            .where(model.user_id == user.id)
             .execution_options(synchronize_session=False)
         )
     db.session.execute(
-        sa.update(Invitation).where(Invitation.inviter_id == user.id).values(inviter_id=None)
+        sa.update(Invitation)
+        .where(Invitation.inviter_id == user.id)
+        .values(inviter_id=None)
     )
     db.session.delete(user)
     db.session.commit()
 
 
-def change_role(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str, role: str) -> User:
+def change_role(
+    ctx: Context, workspace: Workspace, user_id: uuid.UUID | str, role: str
+) -> User:
     """Takes effect on the member's next request: roles are read every time."""
     user = _prepare(ctx, workspace, user_id, "user.change_role")
     if role not in ROLES:
@@ -152,7 +175,12 @@ def change_role(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str, ro
         _require_other_admin(workspace, user, "demoted")
     old = user.role
     user.role = role
-    audit.record(ctx, "user.change_role", workspace_id=workspace.id, target=user,
-                 details={"old": old, "new": role})
+    audit.record(
+        ctx,
+        "user.change_role",
+        workspace_id=workspace.id,
+        target=user,
+        details={"old": old, "new": role},
+    )
     db.session.commit()
     return user

@@ -5,7 +5,18 @@ from __future__ import annotations
 import time
 import uuid
 
-from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from idp.db import db
 from idp.services import account, invitations, sessions, signin
@@ -32,7 +43,10 @@ def _flow_fresh(key: str) -> dict | None:
     state = session.get(key)
     if not isinstance(state, dict):
         return None
-    if time.time() - state.get("at", 0) > settings()["sessions"]["flow_lifetime_seconds"]:
+    if (
+        time.time() - state.get("at", 0)
+        > settings()["sessions"]["flow_lifetime_seconds"]
+    ):
         session.pop(key, None)
         return None
     return state
@@ -57,8 +71,9 @@ def login():  # type: ignore[no-untyped-def]
         email = _field("email", MAX_EMAIL_FIELD).strip()
         if not email:
             audit_refusal(reason="email_missing")
-            return render_template("auth/login_email.html", error="Enter your email address.",
-                                   rd=return_to), 400
+            return render_template(
+                "auth/login_email.html", error="Enter your email address.", rd=return_to
+            ), 400
         session["login"] = {"email": email, "at": time.time(), "rd": return_to}
         return redirect(url_for("auth.password"))
     expired = request.args.get("expired") == "1"
@@ -76,12 +91,18 @@ def password():  # type: ignore[no-untyped-def]
     try:
         matched = signin.check_password(context(), flow["email"], typed)
     except signin.SignInFailed as exc:
-        return render_template("auth/login_password.html", email=flow["email"], error=exc.message), 401
+        return render_template(
+            "auth/login_password.html", email=flow["email"], error=exc.message
+        ), 401
     if len(matched) == 1:
         token = signin.complete_sign_in(context(), matched[0], amr=["pwd"])
         return finish_sign_in(token, flow.get("rd"))
-    session["choose"] = {"ids": [str(u.id) for u in matched], "at": time.time(), "rd": flow.get("rd"),
-                         "fp": signin.choice_fingerprint(matched)}
+    session["choose"] = {
+        "ids": [str(u.id) for u in matched],
+        "at": time.time(),
+        "rd": flow.get("rd"),
+        "fp": signin.choice_fingerprint(matched),
+    }
     session.pop("login", None)
     return redirect(url_for("auth.choose_workspace"))
 
@@ -93,7 +114,9 @@ def choose_workspace():  # type: ignore[no-untyped-def]
         return redirect(url_for("auth.login"))
     if request.method == "POST":
         try:
-            user = signin.account_in(flow["ids"], request.form.get("account", ""), flow.get("fp"))
+            user = signin.account_in(
+                flow["ids"], request.form.get("account", ""), flow.get("fp")
+            )
         except signin.StaleChoice as exc:
             session.pop("choose", None)
             audit_refusal(exc)
@@ -137,7 +160,8 @@ def forgot():  # type: ignore[no-untyped-def]
         if left > 0:
             time.sleep(left)
         return render_template(
-            "auth/message.html", title="Check your email",
+            "auth/message.html",
+            title="Check your email",
             message="If an account uses that address, we have sent it a link to choose a "
             "new password. The link works once, for one hour.",
         )
@@ -166,7 +190,8 @@ def _invalid_link(exc: InvalidLink | None = None) -> tuple[str, int]:
     """The one page for every bad link, whatever was wrong with it."""
     audit_refusal(exc or InvalidLink())
     return render_template(
-        "auth/message.html", title="Invalid link",
+        "auth/message.html",
+        title="Invalid link",
         message=InvalidLink().message + " Ask for a new one.",
     ), 400
 
@@ -188,8 +213,12 @@ def invite_accept():  # type: ignore[no-untyped-def]
         password = request.form.get("password", "")
         if password != request.form.get("password_confirm", ""):
             audit_refusal(reason="password_mismatch")
-            return render_template("auth/invite.html", invitation=invitation, full_name=full_name,
-                                   error="The two passwords differ."), 400
+            return render_template(
+                "auth/invite.html",
+                invitation=invitation,
+                full_name=full_name,
+                error="The two passwords differ.",
+            ), 400
         try:
             new_token = invitations.accept_invitation(
                 context(), token, full_name=full_name, password=password
@@ -198,11 +227,16 @@ def invite_accept():  # type: ignore[no-untyped-def]
             return _invalid_link(exc)
         except InvalidInput as exc:
             audit_refusal(exc)
-            return render_template("auth/invite.html", invitation=invitation, full_name=full_name,
-                                   error=exc.message), 400
+            return render_template(
+                "auth/invite.html",
+                invitation=invitation,
+                full_name=full_name,
+                error=exc.message,
+            ), 400
         return finish_sign_in(new_token, None)
-    return render_template("auth/invite.html", invitation=invitation,
-                           full_name=invitation.user.full_name)
+    return render_template(
+        "auth/invite.html", invitation=invitation, full_name=invitation.user.full_name
+    )
 
 
 @bp.get("/reset/<token>")
@@ -221,14 +255,18 @@ def reset_form():  # type: ignore[no-untyped-def]
         password = request.form.get("password", "")
         if password != request.form.get("password_confirm", ""):
             audit_refusal(reason="password_mismatch")
-            return render_template("auth/reset.html", email=user.email, error="The two passwords differ."), 400
+            return render_template(
+                "auth/reset.html", email=user.email, error="The two passwords differ."
+            ), 400
         try:
             account.reset_password(context(), token, password)
         except InvalidLink as exc:
             return _invalid_link(exc)
         except InvalidInput as exc:
             audit_refusal(exc)
-            return render_template("auth/reset.html", email=user.email, error=exc.message), 400
+            return render_template(
+                "auth/reset.html", email=user.email, error=exc.message
+            ), 400
         if g.loaded is not None and g.loaded.user.id != user.id:
             # This browser was signed in as someone else: end that session
             # on the server too, not only its cookie.
@@ -237,7 +275,9 @@ def reset_form():  # type: ignore[no-untyped-def]
         response = redirect(url_for("auth.login"))
         clear_session_cookie(response)
         g.cookie_set = True
-        flash("Your password has been changed and every session has ended. Sign in with the new password.")
+        flash(
+            "Your password has been changed and every session has ended. Sign in with the new password."
+        )
         return response
     return render_template("auth/reset.html", email=user.email)
 
@@ -256,9 +296,13 @@ def email_confirm():  # type: ignore[no-untyped-def]
         except InvalidLink as exc:
             return _invalid_link(exc)
         session.pop("email_change", None)
-        return render_template("auth/message.html", title="Email address changed",
-                               message=f"You now sign in as {user.email}.",
-                               link=url_for("auth.login"), link_label="Sign in")
+        return render_template(
+            "auth/message.html",
+            title="Email address changed",
+            message=f"You now sign in as {user.email}.",
+            link=url_for("auth.login"),
+            link_label="Sign in",
+        )
     try:
         account.check_email_change_link(token)
     except InvalidLink as exc:

@@ -23,7 +23,9 @@ def _wants_json() -> bool:
     return best == "application/json"
 
 
-def audit_refusal(exc: ServiceError | None = None, *, reason: str | None = None) -> None:
+def audit_refusal(
+    exc: ServiceError | None = None, *, reason: str | None = None
+) -> None:
     """Record a refused request unless its service already did: every bad
     input leaves an audit entry (reason code, endpoint, method)."""
     if exc is not None and exc.audited:
@@ -34,7 +36,8 @@ def audit_refusal(exc: ServiceError | None = None, *, reason: str | None = None)
     loaded = g.get("loaded")
     try:
         audit.record_now(
-            context(), "request.refused",
+            context(),
+            "request.refused",
             workspace_id=loaded.user.workspace_id if loaded is not None else None,
             outcome="failure",
             reason=reason or (exc.code if exc is not None else "bad_request"),
@@ -42,13 +45,19 @@ def audit_refusal(exc: ServiceError | None = None, *, reason: str | None = None)
         )
     except sa.exc.SQLAlchemyError:
         db.session.rollback()
-        log.error("audit.refusal_not_recorded reason=%s", reason or (exc.code if exc else ""))
+        log.error(
+            "audit.refusal_not_recorded reason=%s", reason or (exc.code if exc else "")
+        )
 
 
-def error_page(status: int, title: str, message: str, **extra: object) -> tuple[Response | str, int]:
+def error_page(
+    status: int, title: str, message: str, **extra: object
+) -> tuple[Response | str, int]:
     if _wants_json():
         return jsonify(error=title, message=message), status
-    return render_template("error.html", status=status, title=title, message=message, **extra), status
+    return render_template(
+        "error.html", status=status, title=title, message=message, **extra
+    ), status
 
 
 def init_app(app: Flask) -> None:
@@ -56,7 +65,9 @@ def init_app(app: Flask) -> None:
     def _service(exc: ServiceError):  # type: ignore[no-untyped-def]
         db.session.rollback()
         audit_refusal(exc)
-        body, status = error_page(exc.status, _TITLES.get(exc.status, "Request refused"), exc.message)
+        body, status = error_page(
+            exc.status, _TITLES.get(exc.status, "Request refused"), exc.message
+        )
         response = app.make_response((body, status))
         if isinstance(exc, Throttled):
             response.headers["Retry-After"] = str(exc.retry_after)
@@ -66,7 +77,8 @@ def init_app(app: Flask) -> None:
     def _csrf(exc: CSRFError):  # type: ignore[no-untyped-def]
         audit_refusal(reason="csrf_failed")
         return error_page(
-            400, "Form expired",
+            400,
+            "Form expired",
             "This form has expired or was sent from another page. Go back, reload and try again.",
         )
 
@@ -76,7 +88,9 @@ def init_app(app: Flask) -> None:
         # guessing run stays visible after it reaches the limit.
         audit_refusal(reason="rate_limited")
         body, status = error_page(
-            429, "Too many attempts", "Too many attempts from your network. Wait a minute and try again."
+            429,
+            "Too many attempts",
+            "Too many attempts from your network. Wait a minute and try again.",
         )
         response = app.make_response((body, status))
         # The limit's whole window: never shorter than the real wait.
@@ -87,8 +101,12 @@ def init_app(app: Flask) -> None:
     def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
         if status in (400, 413):
-            audit_refusal(reason="request_too_large" if status == 413 else "bad_request")
-        return error_page(status, exc.name, _MESSAGES.get(status, exc.description or exc.name))
+            audit_refusal(
+                reason="request_too_large" if status == 413 else "bad_request"
+            )
+        return error_page(
+            status, exc.name, _MESSAGES.get(status, exc.description or exc.name)
+        )
 
     @app.errorhandler(sa.exc.OperationalError)
     @app.errorhandler(sa.exc.InterfaceError)
@@ -101,13 +119,21 @@ def init_app(app: Flask) -> None:
             pass
         log.error("store.unavailable kind=%s", type(exc).__name__)
         return error_page(
-            503, "Temporarily unavailable",
+            503,
+            "Temporarily unavailable",
             "Portcullis cannot reach its data store right now. Nothing was changed; try again shortly.",
         )
 
 
-_TITLES = {400: "Invalid request", 401: "Sign-in failed", 403: "Not allowed", 404: "Not found",
-           409: "Cannot do that", 429: "Too many attempts", 503: "Temporarily unavailable"}
+_TITLES = {
+    400: "Invalid request",
+    401: "Sign-in failed",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Cannot do that",
+    429: "Too many attempts",
+    503: "Temporarily unavailable",
+}
 _MESSAGES = {
     404: "There is nothing at this address.",
     405: "This address does not accept that kind of request.",

@@ -34,7 +34,9 @@ def current_client() -> Client:
         ip = resolve_client(
             peer, request.headers.get("X-Forwarded-For"), state().trusted_proxies
         )
-        client = Client(ip=ip, peer_ip=peer, user_agent=request.headers.get("User-Agent"))
+        client = Client(
+            ip=ip, peer_ip=peer, user_agent=request.headers.get("User-Agent")
+        )
         g.client = client
     return client
 
@@ -115,18 +117,31 @@ def init_app(app: Flask) -> None:
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        headers.setdefault(
+            "Permissions-Policy", "camera=(), microphone=(), geolocation=()"
+        )
         if settings().public_scheme == "https":
             headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if request.endpoint != "static":
             headers.setdefault("Cache-Control", "no-store")
-        if g.get("had_session_cookie") and g.get("loaded") is None and not g.get("cookie_set"):
+        if (
+            g.get("had_session_cookie")
+            and g.get("loaded") is None
+            and not g.get("cookie_set")
+        ):
             clear_session_cookie(response)
         if request.endpoint != "static":
             # The route pattern, never the path: paths of links carry secrets.
             route = request.url_rule.rule if request.url_rule else "(no route)"
-            elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-            log.info("request method=%s route=%s status=%d ms=%.1f client=%s",
-                     request.method, route, response.status_code, elapsed,
-                     current_client().ip or "unknown")
+            elapsed = (
+                time.perf_counter() - g.get("started", time.perf_counter())
+            ) * 1000
+            log.info(
+                "request method=%s route=%s status=%d ms=%.1f client=%s",
+                request.method,
+                route,
+                response.status_code,
+                elapsed,
+                current_client().ip or "unknown",
+            )
         return response

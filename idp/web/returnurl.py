@@ -41,7 +41,9 @@ def safe_return_url(value: str | None) -> str | None:
         return None
     # Browsers drop tabs and newlines anywhere and treat a backslash as a
     # slash in http(s) URLs; judge the URL as they will read it.
-    if any(c in value for c in "\t\r\n") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if any(c in value for c in "\t\r\n") or any(
+        ord(c) < 0x20 or ord(c) == 0x7F for c in value
+    ):
         return None
     browser_view = value.replace("\\", "/")
     if browser_view.startswith("/") and not browser_view.startswith("//"):
@@ -57,7 +59,9 @@ def safe_return_url(value: str | None) -> str | None:
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme not in ("http", "https") or not browser_view.startswith(parts.scheme + "://"):
+    if parts.scheme not in ("http", "https") or not browser_view.startswith(
+        parts.scheme + "://"
+    ):
         return None
     if parts.scheme == "http" and settings().public_scheme == "https":
         # Protected hosts share the public URL's scheme: never downgrade.

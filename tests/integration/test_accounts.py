@@ -19,6 +19,9 @@ from idp.services import users as user_service
 from idp.services.context import Context
 from idp.services.errors import Conflict
 from tests.conftest import (
+    CSRF_PAGE,
+    GENERIC_FAILURE,
+    INVALID_LINK,
     PASSWORD,
     csrf_from,
     login,
@@ -26,23 +29,14 @@ from tests.conftest import (
     make_workspace,
     post_form,
     session_cookie,
+    signed_in,
 )
 
 NEW_PASSWORD = "a brand new long passphrase"
-CSRF_PAGE = "/portal/privacy-security"
-GENERIC_FAILURE = "The email or password is incorrect."
-INVALID_LINK = "This link is invalid or has expired."
 WRONG = "definitely not the password"
 
 
 # --- helpers ----------------------------------------------------------------
-
-
-def signed_in(app, email: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
-    client = app.test_client()
-    response = login(client, email, password)
-    assert response.status_code == 302, response.get_data(as_text=True)
-    return client
 
 
 def scalar(app, statement):  # type: ignore[no-untyped-def]
@@ -1278,7 +1272,12 @@ def test_email_change_takes_effect_only_after_the_link(app, acme, mailer):
     again = app.test_client()
     again.get(mail.link.removeprefix("http://localhost"))
     assert again.get("/email/confirm").status_code == 400
-    assert again.post("/email/confirm", data={"csrf_token": csrf_from(again, "/login")}).status_code == 400
+    assert (
+        again.post(
+            "/email/confirm", data={"csrf_token": csrf_from(again, "/login")}
+        ).status_code
+        == 400
+    )
 
 
 def test_email_change_needs_the_current_password(app, acme, mailer):

@@ -27,6 +27,7 @@ from tests.conftest import (
     make_user,
     make_workspace,
     post_form,
+    signed_in,
 )
 
 # Paths anyone may reach without a session: signing in and out, the links
@@ -228,12 +229,6 @@ def fill(rule: str, world: World) -> str:
     return rule
 
 
-def signed_in(app, email: str):  # type: ignore[no-untyped-def]
-    client = app.test_client()
-    assert login(client, email).status_code == 302
-    return client
-
-
 def token_for(client) -> str:  # type: ignore[no-untyped-def]
     page = "/portal/profile" if client.get("/login").status_code == 302 else "/login"
     return csrf_from(client, page)
@@ -302,8 +297,10 @@ def last_refusal(app) -> tuple[str | None, str]:  # type: ignore[no-untyped-def]
 
     with app.app_context():
         event = db.session.scalars(
-            sa.select(AuditEvent).where(AuditEvent.action == "request.refused")
-            .order_by(AuditEvent.id.desc()).limit(1)
+            sa.select(AuditEvent)
+            .where(AuditEvent.action == "request.refused")
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
         ).one()
         return event.reason, event.actor_label
 

@@ -25,6 +25,7 @@ from tests.conftest import (
     make_user,
     make_workspace,
     post_form,
+    table_rows,
 )
 
 
@@ -92,18 +93,9 @@ def send(
 def stored(app) -> dict[str, list[tuple]]:  # type: ignore[no-untyped-def]
     """The rows a refused request must leave alone (the audit log and the
     sign-in failure counts are meant to grow)."""
-    from idp.db import db
     from idp.models import EmailToken, Invitation, Session, User, Workspace
 
-    with app.app_context():
-        result = {}
-        for model in (Workspace, User, Session, Invitation, EmailToken):
-            table = model.__table__
-            rows = db.session.execute(
-                sa.select(*table.columns).order_by(*table.primary_key)
-            )
-            result[table.name] = [tuple(str(v) for v in row) for row in rows]
-        return result
+    return table_rows(app, Workspace, User, Session, Invitation, EmailToken)
 
 
 def check_answer(app, response, before) -> None:  # type: ignore[no-untyped-def]

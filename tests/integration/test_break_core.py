@@ -36,7 +36,11 @@ NEW_PASSWORD = "a quite different passphrase"
 
 def _events(app, *conditions) -> list[AuditEvent]:  # type: ignore[no-untyped-def]
     with app.app_context():
-        rows = list(db.session.scalars(sa.select(AuditEvent).where(*conditions).order_by(AuditEvent.id)))
+        rows = list(
+            db.session.scalars(
+                sa.select(AuditEvent).where(*conditions).order_by(AuditEvent.id)
+            )
+        )
         db.session.expunge_all()
         return rows
 
@@ -51,7 +55,9 @@ def _signed_in(app, email: str):  # type: ignore[no-untyped-def]
 def _user(app, workspace, email: str) -> User:  # type: ignore[no-untyped-def]
     with app.app_context():
         user = db.session.scalar(
-            sa.select(User).where(User.workspace_id == workspace.id, User.email == email)
+            sa.select(User).where(
+                User.workspace_id == workspace.id, User.email == email
+            )
         )
         assert user is not None
         db.session.expunge(user)
@@ -63,8 +69,16 @@ def _user(app, workspace, email: str) -> User:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"signin": {"account_failure_limit": 3, "hash_concurrency": 16, "hash_wait_seconds": 30,
-                 "ip_limits": "1000 per minute"}}],
+    [
+        {
+            "signin": {
+                "account_failure_limit": 3,
+                "hash_concurrency": 16,
+                "hash_wait_seconds": 30,
+                "ip_limits": "1000 per minute",
+            }
+        }
+    ],
     ids=["limit3"],
 )
 def test_concurrent_wrong_passwords_never_exceed_the_failure_limit(app, overrides):  # type: ignore[no-untyped-def]
@@ -94,7 +108,9 @@ def test_concurrent_wrong_passwords_never_exceed_the_failure_limit(app, override
     def attempt(i: int) -> None:
         c, token, guess = clients[i]
         start.wait()
-        answers[i] = c.post("/login/password", data={"password": guess, "csrf_token": token})
+        answers[i] = c.post(
+            "/login/password", data={"password": guess, "csrf_token": token}
+        )
 
     threads = [threading.Thread(target=attempt, args=(i,)) for i in range(len(clients))]
     for t in threads:
@@ -105,7 +121,9 @@ def test_concurrent_wrong_passwords_never_exceed_the_failure_limit(app, override
     assert len(hashed) <= 3, (len(hashed), statuses)
     assert statuses.count(401) <= 3 and statuses.count(429) >= 5, statuses
     # Every refusal still has its one audit entry.
-    failures = _events(app, AuditEvent.action.in_(("signin.failure", "request.refused")))
+    failures = _events(
+        app, AuditEvent.action.in_(("signin.failure", "request.refused"))
+    )
     assert len(failures) == len(clients), [(e.action, e.reason) for e in failures]
 
 
@@ -121,7 +139,9 @@ def _two_workspaces(app):  # type: ignore[no-untyped-def]
 
 def _to_choice(client) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
     answer = login(client, "sam@example.com")
-    assert answer.status_code == 302 and answer.headers["Location"].endswith("/login/workspace")
+    assert answer.status_code == 302 and answer.headers["Location"].endswith(
+        "/login/workspace"
+    )
     page = client.get("/login/workspace").get_data(as_text=True)
     ids = re.findall(r'name="account" value="([^"]+)"', page)
     assert len(ids) == 2
@@ -131,7 +151,9 @@ def _to_choice(client) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
 def _choose(client, flow_cookie: str, account: str):  # type: ignore[no-untyped-def]
     client.set_cookie("portcullis_flow", flow_cookie)
     token = csrf_from(client, "/login/workspace")
-    return client.post("/login/workspace", data={"account": account, "csrf_token": token})
+    return client.post(
+        "/login/workspace", data={"account": account, "csrf_token": token}
+    )
 
 
 def test_the_workspace_choice_cannot_be_replayed_after_sign_out(app, clock):  # type: ignore[no-untyped-def]
@@ -142,10 +164,14 @@ def test_the_workspace_choice_cannot_be_replayed_after_sign_out(app, clock):  # 
     client = app.test_client()
     stolen, ids = _to_choice(client)
     clock.advance(seconds=1)
-    chosen = client.post("/login/workspace",
-                         data={"account": ids[0], "csrf_token": csrf_from(client, "/login/workspace")})
+    chosen = client.post(
+        "/login/workspace",
+        data={"account": ids[0], "csrf_token": csrf_from(client, "/login/workspace")},
+    )
     assert chosen.status_code == 302 and session_cookie(client)
-    client.post("/logout", data={"csrf_token": csrf_from(client, "/portal/privacy-security")})
+    client.post(
+        "/logout", data={"csrf_token": csrf_from(client, "/portal/privacy-security")}
+    )
     assert session_cookie(client) is None
 
     clock.advance(seconds=30)
@@ -172,10 +198,15 @@ def test_the_workspace_choice_dies_when_the_password_changes(app, clock):  # typ
     answer = login(owner, "sam@example.com")
     answer = post_form(owner, "/login/workspace", {"account": ids[1]})
     assert answer.status_code == 302
-    changed = post_form(owner, "/portal/privacy-security/password", {
-        "current_password": PASSWORD, "new_password": NEW_PASSWORD,
-        "new_password_confirm": NEW_PASSWORD,
-    })
+    changed = post_form(
+        owner,
+        "/portal/privacy-security/password",
+        {
+            "current_password": PASSWORD,
+            "new_password": NEW_PASSWORD,
+            "new_password_confirm": NEW_PASSWORD,
+        },
+    )
     assert changed.status_code == 302
     clock.advance(seconds=5)
     _choose(attacker, flow, ids[1])
@@ -189,11 +220,19 @@ def test_a_choice_made_normally_still_works_twice_in_a_row(app, clock):  # type:
     client = app.test_client()
     for _ in range(2):
         _, ids = _to_choice(client)
-        answer = client.post("/login/workspace",
-                             data={"account": ids[0], "csrf_token": csrf_from(client, "/login/workspace")})
+        answer = client.post(
+            "/login/workspace",
+            data={
+                "account": ids[0],
+                "csrf_token": csrf_from(client, "/login/workspace"),
+            },
+        )
         assert answer.status_code == 302 and session_cookie(client)
         assert client.get("/portal/profile").status_code == 200
-        client.post("/logout", data={"csrf_token": csrf_from(client, "/portal/privacy-security")})
+        client.post(
+            "/logout",
+            data={"csrf_token": csrf_from(client, "/portal/privacy-security")},
+        )
         clock.advance(seconds=1)
 
 
@@ -201,7 +240,9 @@ def test_a_choice_made_normally_still_works_twice_in_a_row(app, clock):  # type:
 
 
 def _request_email_change(client, new: str):  # type: ignore[no-untyped-def]
-    return post_form(client, "/portal/profile/email", {"email": new, "password": PASSWORD})
+    return post_form(
+        client, "/portal/profile/email", {"email": new, "password": PASSWORD}
+    )
 
 
 def test_a_password_reset_voids_a_pending_email_change(app, mailer):  # type: ignore[no-untyped-def]
@@ -217,11 +258,16 @@ def test_a_password_reset_voids_a_pending_email_change(app, mailer):  # type: ig
     owner = app.test_client()
     post_form(owner, "/login/forgot", {"email": "ann@example.com"})
     deadline = time.monotonic() + 5
-    while not any(m.to == "ann@example.com" for m in mailer.sent) and time.monotonic() < deadline:
+    while (
+        not any(m.to == "ann@example.com" for m in mailer.sent)
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
     reset_link = mailer.last_to("ann@example.com").link
     owner.get(reset_link.removeprefix("http://localhost"))
-    done = post_form(owner, "/reset", {"password": NEW_PASSWORD, "password_confirm": NEW_PASSWORD})
+    done = post_form(
+        owner, "/reset", {"password": NEW_PASSWORD, "password_confirm": NEW_PASSWORD}
+    )
     assert done.status_code == 302
 
     intruder.get(confirm_link.removeprefix("http://localhost"))
@@ -243,10 +289,15 @@ def test_a_password_change_voids_pending_reset_and_email_links(app, mailer):  # 
         from idp.services.context import Client, Context
 
         request_password_reset(Context.anonymous(Client()), "ann@example.com")
-    changed = post_form(client, "/portal/privacy-security/password", {
-        "current_password": PASSWORD, "new_password": NEW_PASSWORD,
-        "new_password_confirm": NEW_PASSWORD,
-    })
+    changed = post_form(
+        client,
+        "/portal/privacy-security/password",
+        {
+            "current_password": PASSWORD,
+            "new_password": NEW_PASSWORD,
+            "new_password_confirm": NEW_PASSWORD,
+        },
+    )
     assert changed.status_code == 302
     with app.app_context():
         left = db.session.scalar(sa.select(sa.func.count()).select_from(EmailToken))
@@ -263,8 +314,11 @@ def test_an_invitation_cannot_be_accepted_once_its_domain_is_not_allowed(app, ma
     ws = make_workspace(app)
     make_user(app, ws, "ann@example.com", role="admin")
     admin = _signed_in(app, "ann@example.com")
-    post_form(admin, "/portal/users/invite",
-              {"email": "out@other.org", "role": "read_only", "full_name": "Out"})
+    post_form(
+        admin,
+        "/portal/users/invite",
+        {"email": "out@other.org", "role": "read_only", "full_name": "Out"},
+    )
     link = mailer.last_to("out@other.org").link
     with app.app_context():
         db.session.get(SecurityPolicy, ws.id).domain_restriction_enabled = True
@@ -272,8 +326,15 @@ def test_an_invitation_cannot_be_accepted_once_its_domain_is_not_allowed(app, ma
         db.session.commit()
     guest = app.test_client()
     guest.get(link.removeprefix("http://localhost"))
-    answer = post_form(guest, "/invite", {"full_name": "Out", "password": NEW_PASSWORD,
-                                          "password_confirm": NEW_PASSWORD})
+    answer = post_form(
+        guest,
+        "/invite",
+        {
+            "full_name": "Out",
+            "password": NEW_PASSWORD,
+            "password_confirm": NEW_PASSWORD,
+        },
+    )
     assert answer.status_code in (400, 403)
     assert session_cookie(guest) is None
     assert _user(app, ws, "out@other.org").status == "invited"
@@ -284,27 +345,66 @@ def test_an_invitation_cannot_be_accepted_once_its_domain_is_not_allowed(app, ma
 # --- per-address limit refusals are audited ---------------------------------
 
 
-@pytest.mark.parametrize("overrides", [{"signin": {"ip_limits": "2 per minute"}}], ids=["2pm"])
+@pytest.mark.parametrize(
+    "overrides", [{"signin": {"ip_limits": "2 per minute"}}], ids=["2pm"]
+)
 def test_a_rate_limited_request_is_audited_once(app, overrides):  # type: ignore[no-untyped-def]
     """Finding: a 429 from the per-address limit left no audit event, so an
     admin never saw a guessing run once it hit the limit (ASVS 16.3.1)."""
     client = app.test_client()
-    statuses = [post_form(client, "/login", {"email": f"x{n}@example.com"}).status_code
-                for n in range(3)]
+    statuses = [
+        post_form(client, "/login", {"email": f"x{n}@example.com"}).status_code
+        for n in range(3)
+    ]
     assert statuses == [302, 302, 429]
     refused = _events(app, AuditEvent.action == "request.refused")
-    assert [(e.reason, e.details.get("endpoint")) for e in refused] == [("rate_limited", "auth.login")]
+    assert [(e.reason, e.details.get("endpoint")) for e in refused] == [
+        ("rate_limited", "auth.login")
+    ]
 
 
 # --- the audit log's free text: FTS syntax, other workspaces ----------------
 
 HOSTILE_QUERIES = [
-    '"', '""', '"""', 'a"b', "'", "''; DROP TABLE audit_events; --", "*", "**", "abc*",
-    "^abc", "NEAR(abc def)", "NEAR", "abc NEAR/2 def", "abc AND def", "OR", "NOT abc",
-    "abc OR def", "(", ")", "((abc", "{actor_label}: abc", "actor_label:abc",
-    "target_label:secret", "- abc", "+abc", ":", "%", "_", "%%%", "\\", "\\\\%",
-    "a\u0301bc", "\u00e9\u00e9\u00e9", "\U0001f600\U0001f600\U0001f600", "\u202eabc",
-    "x" * 5000, "se", "sec", "secret-other",
+    '"',
+    '""',
+    '"""',
+    'a"b',
+    "'",
+    "''; DROP TABLE audit_events; --",
+    "*",
+    "**",
+    "abc*",
+    "^abc",
+    "NEAR(abc def)",
+    "NEAR",
+    "abc NEAR/2 def",
+    "abc AND def",
+    "OR",
+    "NOT abc",
+    "abc OR def",
+    "(",
+    ")",
+    "((abc",
+    "{actor_label}: abc",
+    "actor_label:abc",
+    "target_label:secret",
+    "- abc",
+    "+abc",
+    ":",
+    "%",
+    "_",
+    "%%%",
+    "\\",
+    "\\\\%",
+    "a\u0301bc",
+    "\u00e9\u00e9\u00e9",
+    "\U0001f600\U0001f600\U0001f600",
+    "\u202eabc",
+    "x" * 5000,
+    "se",
+    "sec",
+    "secret-other",
 ]
 
 
@@ -323,7 +423,9 @@ def test_hostile_audit_queries_never_error_or_leak_another_workspace(app):  # ty
             for key in ("q", "actor"):
                 answer = client.get(path, query_string={key: query})
                 assert answer.status_code == 200, (path, key, query)
-                assert "secret-other@example.com" not in answer.get_data(as_text=True), (path, key, query)
+                assert "secret-other@example.com" not in answer.get_data(
+                    as_text=True
+                ), (path, key, query)
 
 
 def test_the_export_makes_hostile_values_inert(app):  # type: ignore[no-untyped-def]
@@ -331,8 +433,16 @@ def test_the_export_makes_hostile_values_inert(app):  # type: ignore[no-untyped-
     (the User-Agent of a failed sign-in) are inert in the CSV."""
     ws = make_workspace(app)
     make_user(app, ws, "ann@example.com")
-    nasty = ["=HYPERLINK(\"http://evil.example\")", "+1+1", "-2", "@SUM(A1)",
-             "\t=1+1", "\r=1+1", "a\r\nforged,line", "\x1b[31mred"]
+    nasty = [
+        '=HYPERLINK("http://evil.example")',
+        "+1+1",
+        "-2",
+        "@SUM(A1)",
+        "\t=1+1",
+        "\r=1+1",
+        "a\r\nforged,line",
+        "\x1b[31mred",
+    ]
     for agent in nasty:
         anon = app.test_client()
         anon.environ_base["HTTP_USER_AGENT"] = agent
@@ -371,12 +481,17 @@ def test_forgot_password_takes_as_long_for_known_and_unknown_addresses(app, mail
             client = app.test_client()
             token = csrf_from(client, "/login/forgot")
             began = time.perf_counter()
-            answer = client.post("/login/forgot", data={"email": email, "csrf_token": token})
+            answer = client.post(
+                "/login/forgot", data={"email": email, "csrf_token": token}
+            )
             times.append(time.perf_counter() - began)
             assert answer.status_code == 200
         return times
 
-    known, unknown = answer_seconds("ann@example.com"), answer_seconds("nobody@example.com")
+    known, unknown = (
+        answer_seconds("ann@example.com"),
+        answer_seconds("nobody@example.com"),
+    )
     floor = auth.FORGOT_ANSWER_FLOOR_SECONDS
     assert min(known) >= floor and min(unknown) >= floor, (known, unknown)
     assert abs(statistics.median(known) - statistics.median(unknown)) < floor / 10
@@ -384,8 +499,12 @@ def test_forgot_password_takes_as_long_for_known_and_unknown_addresses(app, mail
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"passwords": {"argon2_memory_kib": 19456, "argon2_time_cost": 2},
-      "signin": {"account_failure_limit": 1000}}],
+    [
+        {
+            "passwords": {"argon2_memory_kib": 19456, "argon2_time_cost": 2},
+            "signin": {"account_failure_limit": 1000},
+        }
+    ],
     ids=["owasp_cost"],
 )
 def test_known_and_unknown_emails_cost_the_same_at_the_password_step(app, overrides):  # type: ignore[no-untyped-def]
@@ -406,8 +525,10 @@ def test_known_and_unknown_emails_cost_the_same_at_the_password_step(app, overri
             post_form(client, "/login", {"email": email})
             token = csrf_from(client, "/login/password")
             began = time.perf_counter()
-            answer = client.post("/login/password",
-                                 data={"password": f"wrong password {n}", "csrf_token": token})
+            answer = client.post(
+                "/login/password",
+                data={"password": f"wrong password {n}", "csrf_token": token},
+            )
             times.append(time.perf_counter() - began)
             assert answer.status_code == 401
         return statistics.median(times)
@@ -438,12 +559,20 @@ def test_email_confirm_racing_another_member_for_the_address_is_a_clean_conflict
 
     def meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
         real_check(*args, **kwargs)
-        engine = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(
+            app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.pool.NullPool
+        )
         with engine.begin() as conn:
-            conn.execute(sa.insert(User.__table__).values(
-                id=__import__("uuid").uuid4(), workspace_id=ws.id, email="new@example.com",
-                full_name="Other", role="read_only", status="invited",
-            ))
+            conn.execute(
+                sa.insert(User.__table__).values(
+                    id=__import__("uuid").uuid4(),
+                    workspace_id=ws.id,
+                    email="new@example.com",
+                    full_name="Other",
+                    role="read_only",
+                    status="invited",
+                )
+            )
         engine.dispose()
 
     monkeypatch.setattr(account, "require_allowed_domain", meanwhile)
@@ -457,7 +586,9 @@ def test_email_confirm_racing_another_member_for_the_address_is_a_clean_conflict
 
 def _meanwhile(app, statement) -> None:  # type: ignore[no-untyped-def]
     """Run ``statement`` on its own connection, as another request would."""
-    engine = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(
+        app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.pool.NullPool
+    )
     with engine.begin() as conn:
         conn.execute(statement)
     engine.dispose()
@@ -479,10 +610,16 @@ def test_an_account_disabled_or_deleted_while_its_password_is_checked_gets_no_se
     def verify_while_admin_acts(stored, typed):  # type: ignore[no-untyped-def]
         result = original(stored, typed)
         if change == "disable":
-            _meanwhile(app, sa.update(User.__table__).where(User.__table__.c.id == sam.id)
-                       .values(status="disabled"))
+            _meanwhile(
+                app,
+                sa.update(User.__table__)
+                .where(User.__table__.c.id == sam.id)
+                .values(status="disabled"),
+            )
         else:
-            _meanwhile(app, sa.delete(User.__table__).where(User.__table__.c.id == sam.id))
+            _meanwhile(
+                app, sa.delete(User.__table__).where(User.__table__.c.id == sam.id)
+            )
         return result
 
     passwords.verify = verify_while_admin_acts
@@ -495,7 +632,9 @@ def test_an_account_disabled_or_deleted_while_its_password_is_checked_gets_no_se
     assert _events(app, AuditEvent.action == "signin.success") == []
     denied = _events(app, AuditEvent.action == "signin.failure")
     assert len(denied) == 1
-    assert denied[0].reason == ("account_disabled" if change == "disable" else "account_deleted")
+    assert denied[0].reason == (
+        "account_disabled" if change == "disable" else "account_deleted"
+    )
 
 
 def test_reset_while_signed_in_as_another_ends_that_session_on_the_server(app, mailer):
@@ -515,11 +654,19 @@ def test_reset_while_signed_in_as_another_ends_that_session_on_the_server(app, m
         _time.sleep(0.02)
     link = mailer.last_to("ann@example.com").link.removeprefix("http://localhost")
     browser.get(link)
-    response = post_form(browser, "/reset", {"password": "a brand new passphrase",
-                                             "password_confirm": "a brand new passphrase"})
+    response = post_form(
+        browser,
+        "/reset",
+        {
+            "password": "a brand new passphrase",
+            "password_confirm": "a brand new passphrase",
+        },
+    )
     assert response.status_code == 302
     with app.app_context():
-        live = db.session.scalars(sa.select(Session).where(Session.revoked_at.is_(None))).all()
+        live = db.session.scalars(
+            sa.select(Session).where(Session.revoked_at.is_(None))
+        ).all()
         assert live == []
 
 
@@ -535,6 +682,8 @@ def test_throttled_sign_in_is_audited_in_the_workspace(app, overrides):
     assert login(client, "ann@example.com", "wrong wrong wrong").status_code == 429
     with app.app_context():
         reasons = db.session.scalars(
-            sa.select(AuditEvent.reason).where(AuditEvent.workspace_id == ws.id,
-                                               AuditEvent.action == "signin.failure"))
+            sa.select(AuditEvent.reason).where(
+                AuditEvent.workspace_id == ws.id, AuditEvent.action == "signin.failure"
+            )
+        )
         assert "account_throttled" in list(reasons)

@@ -25,6 +25,9 @@ from idp.models import (
 )
 from idp.security import token_digest
 from tests.conftest import (
+    CSRF_PAGE,
+    GENERIC_FAILURE,
+    INVALID_LINK,
     PASSWORD,
     csrf_from,
     login,
@@ -32,24 +35,14 @@ from tests.conftest import (
     make_workspace,
     post_form,
     session_cookie,
+    signed_in,
 )
 
 COOKIE = "portcullis_session"
 NEW_PASSWORD = "a brand new long passphrase"
-# Any page with a form gives a CSRF token; this one renders for every member.
-CSRF_PAGE = "/portal/privacy-security"
-INVALID_LINK = "This link is invalid or has expired."
-GENERIC_FAILURE = "The email or password is incorrect."
 
 
 # --- helpers ----------------------------------------------------------------
-
-
-def signed_in(app, email: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
-    client = app.test_client()
-    response = login(client, email, password)
-    assert response.status_code == 302, response.get_data(as_text=True)
-    return client
 
 
 def with_cookie(app, token: str):  # type: ignore[no-untyped-def]

@@ -19,17 +19,26 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def run(tmp_path, database_url):  # type: ignore[no-untyped-def]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
-    env.update({
-        "IDP_DATABASE_URL": database_url,
-        "IDP_PASSWORDS__ARGON2_MEMORY_KIB": "64",
-        "IDP_PASSWORDS__ARGON2_TIME_COST": "1",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "IDP_DATABASE_URL": database_url,
+            "IDP_PASSWORDS__ARGON2_MEMORY_KIB": "64",
+            "IDP_PASSWORDS__ARGON2_TIME_COST": "1",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
 
-    def _run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(
+        *args: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "idp.cli", *args], cwd=tmp_path, env={**env, **(extra_env or {})},
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "idp.cli", *args],
+            cwd=tmp_path,
+            env={**env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
     return _run
@@ -58,14 +67,20 @@ def test_workspace_and_admin_link(run):
     assert link.startswith("http://localhost:8000/invite/") and len(link) > 60
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["admin", "create", "--workspace", "nope", "a@b.example"], "no workspace 'nope'"),
-    (["admin", "create", "--workspace", "acme", "not-an-email"], "valid email"),
-    (["workspace", "create", "   "], "1 to 200 characters"),
-    (["serve", "--port", "70000"], "--port"),
-    (["frobnicate"], "invalid choice"),
-    (["admin", "create", "a@b.example"], "--workspace"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["admin", "create", "--workspace", "nope", "a@b.example"],
+            "no workspace 'nope'",
+        ),
+        (["admin", "create", "--workspace", "acme", "not-an-email"], "valid email"),
+        (["workspace", "create", "   "], "1 to 200 characters"),
+        (["serve", "--port", "70000"], "--port"),
+        (["frobnicate"], "invalid choice"),
+        (["admin", "create", "a@b.example"], "--workspace"),
+    ],
+)
 def test_bad_arguments_exit_non_zero_with_a_message(run, args, message):
     assert run("init").returncode == 0
     assert run("workspace", "create", "Acme").returncode == 0
@@ -80,21 +95,41 @@ def test_unknown_idp_variable_stops_start_up(run):
     assert "IDP_PUBLIC_ULR" in result.stderr
 
 
-@pytest.mark.skipif(DB_KIND != "sqlite", reason="packaging does not depend on the database")
+@pytest.mark.skipif(
+    DB_KIND != "sqlite", reason="packaging does not depend on the database"
+)
 def test_wheel_carries_defaults_migrations_templates_and_static(tmp_path):
     out = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = out.glob("portcullis-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in [
-        "idp/defaults.toml", "idp/gunicorn_conf.py", "idp/data/common-passwords.txt",
-        "idp/migrations/env.py", "idp/migrations/versions/0001_initial_schema.py",
-        "idp/templates/base.html", "idp/templates/portal/users.html",
-        "idp/templates/mail/invitation.txt", "idp/static/app.css",
-        "idp/static/vendor/pico/pico.min.css", "policies/runner.py", "connectors/mail.py",
+        "idp/defaults.toml",
+        "idp/gunicorn_conf.py",
+        "idp/data/common-passwords.txt",
+        "idp/migrations/env.py",
+        "idp/migrations/versions/0001_initial_schema.py",
+        "idp/templates/base.html",
+        "idp/templates/portal/users.html",
+        "idp/templates/mail/invitation.txt",
+        "idp/static/app.css",
+        "idp/static/vendor/pico/pico.min.css",
+        "policies/runner.py",
+        "connectors/mail.py",
     ]:
         assert required in names, required

@@ -33,6 +33,7 @@ from tests.conftest import (
     make_workspace,
     post_form,
     session_cookie,
+    table_rows,
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -548,15 +549,7 @@ def test_no_secret_reaches_the_logs(app, mailer, caplog):
 def snapshot(app) -> dict[str, list[tuple]]:  # type: ignore[no-untyped-def]
     from idp.models import AuditEvent, EmailToken, Invitation, Session, User
 
-    with app.app_context():
-        result = {}
-        for model in (User, Session, Invitation, EmailToken, AuditEvent):
-            table = model.__table__
-            rows = db.session.execute(
-                sa.select(*table.columns).order_by(*table.primary_key)
-            )
-            result[table.name] = [tuple(str(v) for v in row) for row in rows]
-        return result
+    return table_rows(app, User, Session, Invitation, EmailToken, AuditEvent)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ def test_models_and_migrations_agree(app_ctx):
     # The audit search index (FTS5 tables on SQLite, a trigram expression
     # index on PostgreSQL) is made by raw SQL that the models cannot express.
     diff = [
-        d for d in diff
+        d
+        for d in diff
         if not (d[0] == "remove_table" and d[1].name.startswith("audit_fts"))
         and not (d[0] == "remove_index" and d[1].name == "ix_audit_events_search")
     ]

@@ -10,7 +10,9 @@ from tests.conftest import login, make_user, make_workspace, post_form
 def refusals(app) -> list[tuple[str | None, str, str | None]]:  # type: ignore[no-untyped-def]
     with app.app_context():
         events = db.session.scalars(
-            sa.select(AuditEvent).where(AuditEvent.action == "request.refused").order_by(AuditEvent.id)
+            sa.select(AuditEvent)
+            .where(AuditEvent.action == "request.refused")
+            .order_by(AuditEvent.id)
         )
         return [(e.reason, e.actor_label, e.details.get("endpoint")) for e in events]
 
@@ -19,8 +21,11 @@ def test_invalid_form_input_is_audited_under_the_member(app, client):
     ws = make_workspace(app)
     make_user(app, ws, "ann@example.com", role="admin")
     login(client, "ann@example.com")
-    response = post_form(client, "/portal/users/invite",
-                         {"email": "not an email", "role": "read_only", "full_name": ""})
+    response = post_form(
+        client,
+        "/portal/users/invite",
+        {"email": "not an email", "role": "read_only", "full_name": ""},
+    )
     assert response.status_code == 400
     assert refusals(app) == [("invalid_email", "ann@example.com", "portal.invite")]
 

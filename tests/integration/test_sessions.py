@@ -41,10 +41,12 @@ def test_session_ends_at_its_absolute_lifetime(app, client, clock):
 def test_session_list_shows_device_ip_and_marks_this_session(app, client):
     ws = make_workspace(app)
     make_user(app, ws, "ann@example.com")
-    client.environ_base.update({
-        "REMOTE_ADDR": "203.0.113.7",
-        "HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36",
-    })
+    client.environ_base.update(
+        {
+            "REMOTE_ADDR": "203.0.113.7",
+            "HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36",
+        }
+    )
     login(client, "ann@example.com")
     page = client.get("/portal/privacy-security").get_data(as_text=True)
     assert "Chrome on Linux" in page

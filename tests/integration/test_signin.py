@@ -1,4 +1,4 @@
-from tests.conftest import PASSWORD, login, make_user, make_workspace, post_form, session_cookie
+from tests.conftest import login, make_user, make_workspace, session_cookie
 
 
 def test_sign_in_with_email_then_password(app, client):
@@ -20,4 +20,6 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(app, client):
     unknown = login(client, "nobody@example.com", "not the password at all")
     assert wrong.status_code == unknown.status_code == 401
     assert "The email or password is incorrect." in wrong.get_data(as_text=True)
-    assert wrong.get_data(as_text=True).replace("ann@", "X@") == unknown.get_data(as_text=True).replace("nobody@", "X@")
+    assert wrong.get_data(as_text=True).replace("ann@", "X@") == unknown.get_data(
+        as_text=True
+    ).replace("nobody@", "X@")

@@ -8,8 +8,16 @@ from idp.services.passwords import PasswordService, common_passwords
 
 
 def service(**kw) -> PasswordService:
-    values = dict(memory_kib=64, time_cost=1, parallelism=1, min_length=12, max_length=1024,
-                  refuse_common=True, concurrency=2, wait_seconds=1.0)
+    values = {
+        "memory_kib": 64,
+        "time_cost": 1,
+        "parallelism": 1,
+        "min_length": 12,
+        "max_length": 1024,
+        "refuse_common": True,
+        "concurrency": 2,
+        "wait_seconds": 1.0,
+    }
     values.update(kw)
     return PasswordService(**values)
 
@@ -27,14 +35,18 @@ def test_verify_round_trip_and_mismatch():
 
 
 def test_changed_parameters_ask_for_a_rehash():
-    old = PasswordHasher(memory_cost=32, time_cost=1, parallelism=1).hash("a fine long passphrase")
+    old = PasswordHasher(memory_cost=32, time_cost=1, parallelism=1).hash(
+        "a fine long passphrase"
+    )
     assert service().verify(old, "a fine long passphrase") == (True, True)
 
 
 def test_unicode_is_normalised_the_same_at_set_and_check():
     pw = service()
     composed = "caf\u00e9 au lait s'il vous pla\u00eet"
-    decomposed = "cafe\u0301 au lait s'il vous pla\u0131\u0302t".replace("\u0131\u0302", "i\u0302")
+    decomposed = "cafe\u0301 au lait s'il vous pla\u0131\u0302t".replace(
+        "\u0131\u0302", "i\u0302"
+    )
     assert pw.verify(pw.hash(composed), decomposed)[0]
 
 
@@ -46,8 +58,12 @@ def test_no_truncation_past_72_bytes():
 
 @pytest.mark.parametrize(
     ("password", "code"),
-    [("short", "password_too_short"), ("x" * 1025, "password_too_long"),
-     ("password1234", "password_common"), ("PASSWORD1234", "password_common")],
+    [
+        ("short", "password_too_short"),
+        ("x" * 1025, "password_too_long"),
+        ("password1234", "password_common"),
+        ("PASSWORD1234", "password_common"),
+    ],
     ids=["short", "too-long", "common", "common-any-case"],
 )
 def test_new_password_rules(password, code):
@@ -57,7 +73,9 @@ def test_new_password_rules(password, code):
 
 
 def test_a_long_uncommon_password_is_fine_without_composition_rules():
-    assert service().check_new("all lower case words here") == "all lower case words here"
+    assert (
+        service().check_new("all lower case words here") == "all lower case words here"
+    )
 
 
 class CountingHasher:

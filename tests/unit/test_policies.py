@@ -9,13 +9,21 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def ctx(status: str | None) -> policies.PolicyContext:
-    user = None if status is None else policies.UserFacts(id="u1", role="admin", status=status)
+    user = (
+        None
+        if status is None
+        else policies.UserFacts(id="u1", role="admin", status=status)
+    )
     return policies.PolicyContext(now=NOW, user=user)
 
 
 @pytest.mark.parametrize(
     ("status", "reason"),
-    [(None, "account_deleted"), ("disabled", "account_disabled"), ("invited", "account_not_active")],
+    [
+        (None, "account_deleted"),
+        ("disabled", "account_disabled"),
+        ("invited", "account_not_active"),
+    ],
     ids=["deleted", "disabled", "invited"],
 )
 def test_account_state_refuses_accounts_that_are_not_active(status, reason):
@@ -36,16 +44,17 @@ def test_runner_stops_at_the_first_objection():
 
     def second(c):
         calls.append("second")
-        return None
 
     assert policies.evaluate(ctx("active"), (first, second)).reason == "first_says_no"
     assert calls == ["first"]
 
 
 def test_policies_package_imports_nothing_from_idp_or_flask():
-    import sys
     import subprocess
+    import sys
 
     code = "import policies, sys; bad=[m for m in sys.modules if m.split('.')[0] in ('idp','flask','sqlalchemy')]; print(bad)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"

@@ -115,11 +115,15 @@ def test_only_the_public_host_without_protected_hosts(app):
         assert safe_return_url("http://localhost/x") == "http://localhost/x"
 
 
-
-@pytest.mark.parametrize("overrides", [{
-    "public_url": "https://auth.example.com",
-    "gateway": {"protected_hosts": ["app.example.com"]},
-}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "public_url": "https://auth.example.com",
+            "gateway": {"protected_hosts": ["app.example.com"]},
+        }
+    ],
+)
 def test_https_public_url_never_downgrades_to_http(app_ctx):
     assert safe_return_url("https://app.example.com/x") == "https://app.example.com/x"
     assert safe_return_url("http://app.example.com/x") is None

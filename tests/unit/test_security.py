@@ -1,6 +1,13 @@
 import pytest
 
-from idp.security import InvalidEmail, new_token, normalize_email, parse_email, secrets_equal, token_digest
+from idp.security import (
+    InvalidEmail,
+    new_token,
+    normalize_email,
+    parse_email,
+    secrets_equal,
+    token_digest,
+)
 
 
 def test_tokens_are_long_random_and_stored_as_digests():
@@ -19,8 +26,11 @@ def test_secrets_equal():
 
 @pytest.mark.parametrize(
     ("typed", "normal"),
-    [("user@example.com", "user@example.com"), ("  User@EXAMPLE.COM ", "user@example.com"),
-     ("user@example.com.", "user@example.com")],
+    [
+        ("user@example.com", "user@example.com"),
+        ("  User@EXAMPLE.COM ", "user@example.com"),
+        ("user@example.com.", "user@example.com"),
+    ],
 )
 def test_email_normal_form(typed, normal):
     assert parse_email(typed) == normal
@@ -29,10 +39,28 @@ def test_email_normal_form(typed, normal):
 
 @pytest.mark.parametrize(
     "typed",
-    ["user@example.com@evil.example", "no-at-sign", "@example.com", "user@", "a b@example.com",
-     "user@exa mple.com", "x" * 400 + "@example.com", "user@exa\nmple.com", "user@localhost"],
-    ids=["two-ats", "no-at", "no-local", "no-domain", "space-local", "space-domain", "too-long",
-         "newline", "no-dot"],
+    [
+        "user@example.com@evil.example",
+        "no-at-sign",
+        "@example.com",
+        "user@",
+        "a b@example.com",
+        "user@exa mple.com",
+        "x" * 400 + "@example.com",
+        "user@exa\nmple.com",
+        "user@localhost",
+    ],
+    ids=[
+        "two-ats",
+        "no-at",
+        "no-local",
+        "no-domain",
+        "space-local",
+        "space-domain",
+        "too-long",
+        "newline",
+        "no-dot",
+    ],
 )
 def test_malformed_emails_are_refused(typed):
     with pytest.raises(InvalidEmail):

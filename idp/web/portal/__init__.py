@@ -42,7 +42,9 @@ def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
             target = request.full_path if request.method == "GET" else request.path
             target = target.rstrip("?")
             expired = "&expired=1" if g.get("had_session_cookie") else ""
-            return redirect(f"{url_for('auth.login')}?rd={quote(target, safe='')}{expired}")
+            return redirect(
+                f"{url_for('auth.login')}?rd={quote(target, safe='')}{expired}"
+            )
         g.user = g.loaded.user
         g.workspace = db.session.get(Workspace, g.user.workspace_id)
         return view(*args, **kwargs)
@@ -56,11 +58,16 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if g.user.role != "admin":
             audit.record_now(
-                context(), "authz.denied", workspace_id=g.user.workspace_id,
-                outcome="denied", reason="admin_required",
+                context(),
+                "authz.denied",
+                workspace_id=g.user.workspace_id,
+                outcome="denied",
+                reason="admin_required",
                 details={"path": request.path[:200], "method": request.method},
             )
-            return error_page(403, "Not allowed", "Only admins of this workspace can open this page.")
+            return error_page(
+                403, "Not allowed", "Only admins of this workspace can open this page."
+            )
         return view(*args, **kwargs)
 
     return wrapper
@@ -81,4 +88,4 @@ def index():  # type: ignore[no-untyped-def]
     return redirect(url_for("portal.profile"))
 
 
-from idp.web.portal import audit_logs, privacy, profile, users  # noqa: E402,F401
+from idp.web.portal import audit_logs, privacy, profile, users  # noqa: F401

@@ -27,10 +27,16 @@ def _cursor(value: str) -> int | None:
 def audit_logs():  # type: ignore[no-untyped-def]
     filters = audit_query.Filters.parse(request.args)
     before = _cursor(request.args.get("before", ""))
-    result = audit_query.page(g.workspace.id, filters, before=before,
-                              size=settings()["audit"]["page_size"])
-    return render_template("portal/audit_logs.html", page=result, filters=filters,
-                           actions=audit_query.ACTIONS, first_page=before is None)
+    result = audit_query.page(
+        g.workspace.id, filters, before=before, size=settings()["audit"]["page_size"]
+    )
+    return render_template(
+        "portal/audit_logs.html",
+        page=result,
+        filters=filters,
+        actions=audit_query.ACTIONS,
+        first_page=before is None,
+    )
 
 
 @bp.get("/audit-logs/download")
@@ -40,5 +46,7 @@ def audit_download():  # type: ignore[no-untyped-def]
     workspace_id = g.workspace.id
     body = stream_with_context(audit_query.export_csv(workspace_id, filters))
     response = Response(body, mimetype="text/csv")
-    response.headers["Content-Disposition"] = f'attachment; filename="audit-{g.workspace.slug}.csv"'
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="audit-{g.workspace.slug}.csv"'
+    )
     return response

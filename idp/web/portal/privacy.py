@@ -9,8 +9,8 @@ from flask import abort, flash, g, redirect, render_template, request, url_for
 
 from idp.services import account, sessions
 from idp.services.errors import InvalidInput
-from idp.web.portal import bp, login_required
 from idp.web.errors import audit_refusal
+from idp.web.portal import bp, login_required
 from idp.web.requests import context, set_session_cookie
 from idp.web.useragent import describe
 
@@ -19,8 +19,9 @@ from idp.web.useragent import describe
 @login_required
 def privacy_security():  # type: ignore[no-untyped-def]
     rows = [(s, describe(s.user_agent)) for s in sessions.active_sessions(g.user)]
-    return render_template("portal/privacy_security.html", sessions=rows,
-                           current_id=g.loaded.session.id)
+    return render_template(
+        "portal/privacy_security.html", sessions=rows, current_id=g.loaded.session.id
+    )
 
 
 @bp.route("/privacy-security/logout-others", methods=["GET", "POST"])
@@ -58,14 +59,18 @@ def change_password():  # type: ignore[no-untyped-def]
         new = request.form.get("new_password", "")
         if new != request.form.get("new_password_confirm", ""):
             audit_refusal(reason="password_mismatch")
-            return render_template("portal/change_password.html", error="The two new passwords differ."), 400
+            return render_template(
+                "portal/change_password.html", error="The two new passwords differ."
+            ), 400
         try:
             token = account.change_password(
                 context(), current=request.form.get("current_password", ""), new=new
             )
         except InvalidInput as exc:
             audit_refusal(exc)
-            return render_template("portal/change_password.html", error=exc.message), 400
+            return render_template(
+                "portal/change_password.html", error=exc.message
+            ), 400
         response = redirect(url_for("portal.privacy_security"))
         set_session_cookie(response, token)
         g.cookie_set = True

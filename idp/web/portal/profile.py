@@ -6,8 +6,8 @@ from flask import flash, g, redirect, render_template, request, url_for
 
 from idp.services import account
 from idp.services.errors import Conflict, Forbidden, InvalidInput
-from idp.web.portal import bp, login_required
 from idp.web.errors import audit_refusal
+from idp.web.portal import bp, login_required
 from idp.web.requests import context
 
 FIELD_LIMIT = 400
@@ -35,8 +35,9 @@ def profile_save():  # type: ignore[no-untyped-def]
         account.update_profile(context(), **values)
     except (InvalidInput, Conflict) as exc:
         audit_refusal(exc)
-        return render_template("portal/profile.html", editing=True, values=values,
-                               error=exc.message), exc.status
+        return render_template(
+            "portal/profile.html", editing=True, values=values, error=exc.message
+        ), exc.status
     flash("Profile saved.")
     return redirect(url_for("portal.profile"))
 
@@ -48,12 +49,17 @@ def change_email():  # type: ignore[no-untyped-def]
         new_email = _form("email")
         try:
             address = account.request_email_change(
-                context(), new_email=new_email, password=request.form.get("password", "")
+                context(),
+                new_email=new_email,
+                password=request.form.get("password", ""),
             )
         except (InvalidInput, Conflict, Forbidden) as exc:
             audit_refusal(exc)
-            return render_template("portal/change_email.html", email=new_email,
-                                   error=exc.message), exc.status
-        flash(f"We sent a confirmation link to {address}. Your email changes when you follow it.")
+            return render_template(
+                "portal/change_email.html", email=new_email, error=exc.message
+            ), exc.status
+        flash(
+            f"We sent a confirmation link to {address}. Your email changes when you follow it."
+        )
         return redirect(url_for("portal.profile"))
     return render_template("portal/change_email.html", email=g.user.email)

@@ -7,8 +7,8 @@ from flask import flash, g, redirect, render_template, request, url_for
 
 from idp.services import invitations, users
 from idp.services.errors import Conflict, Forbidden, InvalidInput
-from idp.web.portal import admin_required, bp, login_required
 from idp.web.errors import audit_refusal
+from idp.web.portal import admin_required, bp, login_required
 from idp.web.requests import context
 
 FIELD_LIMIT = 400
@@ -32,10 +32,15 @@ def invite():  # type: ignore[no-untyped-def]
             issued = invitations.invite_user(context(), g.workspace, **values)
         except (InvalidInput, Conflict, Forbidden) as exc:
             audit_refusal(exc)
-            return render_template("portal/invite.html", values=values, error=exc.message), exc.status
+            return render_template(
+                "portal/invite.html", values=values, error=exc.message
+            ), exc.status
         if issued.send_error:
-            flash(f"{issued.user.email} is invited, but the email could not be sent "
-                  f"({issued.send_error}). Use Resend invitation email to try again.", "error")
+            flash(
+                f"{issued.user.email} is invited, but the email could not be sent "
+                f"({issued.send_error}). Use Resend invitation email to try again.",
+                "error",
+            )
         else:
             flash(f"Invitation sent to {issued.user.email}.")
         return redirect(url_for("portal.users"))
@@ -45,11 +50,18 @@ def invite():  # type: ignore[no-untyped-def]
 @bp.post("/users/<user_id>/resend")
 @admin_required
 def resend(user_id: str):  # type: ignore[no-untyped-def]
-    issued = invitations.resend_invitation(context(), g.workspace, users.get_member(g.workspace, user_id).id)
+    issued = invitations.resend_invitation(
+        context(), g.workspace, users.get_member(g.workspace, user_id).id
+    )
     if issued.send_error:
-        flash(f"The email to {issued.user.email} could not be sent ({issued.send_error}).", "error")
+        flash(
+            f"The email to {issued.user.email} could not be sent ({issued.send_error}).",
+            "error",
+        )
     else:
-        flash(f"A new invitation was sent to {issued.user.email}; the old link no longer works.")
+        flash(
+            f"A new invitation was sent to {issued.user.email}; the old link no longer works."
+        )
     return redirect(url_for("portal.users"))
 
 
@@ -72,7 +84,9 @@ def enable(user_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/users/<user_id>/role")
 @admin_required
 def change_role(user_id: str):  # type: ignore[no-untyped-def]
-    user = users.change_role(context(), g.workspace, user_id, request.form.get("role", ""))
+    user = users.change_role(
+        context(), g.workspace, user_id, request.form.get("role", "")
+    )
     label = "Admin" if user.role == "admin" else "Read Only"
     flash(f"{user.email} is now {label}.")
     return redirect(url_for("portal.users"))
