@@ -28,6 +28,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     settings = load_settings()
     made = ensure_keys(settings.keys_dir)
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    # The SQLite file holds password hashes, and the outbox holds links.
+    os.chmod(settings.instance_dir, 0o700)
     app = _app()
     with app.app_context():
         from idp import migrate
@@ -114,8 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     server = settings["server"]
     host = args.host or server["host"]
-    port = args.port or server["port"]
-    workers = args.workers or server["workers"]
+    port = server["port"] if args.port is None else args.port
+    workers = server["workers"] if args.workers is None else args.workers
     if not 0 < port < 65536:
         return _fail(f"--port must be between 1 and 65535, not {port}")
     if workers < 1:
@@ -163,12 +165,22 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         if workspace is None:
             workspace = create_workspace(Context.operator(), args.workspace)
             print(f"Created workspace {workspace.name!r} (slug {workspace.slug})")
-        pending = db.session.scalar(
-            sa.select(User).where(
-                User.workspace_id == workspace.id, User.role == "admin"
+        admins = list(
+            db.session.scalars(
+                sa.select(User)
+                .where(User.workspace_id == workspace.id, User.role == "admin")
+                .order_by(User.created_at)
             )
         )
-        if pending is None:
+        active = next((a for a in admins if a.status == "active"), None)
+        pending = next((a for a in admins if a.status == "invited"), None)
+        link = admin_email = None
+        if active is None and pending is not None:
+            admin_email = pending.email
+            link = resend_invitation(
+                Context.operator(), workspace, pending.id, send_mail=False
+            ).link
+        elif active is None:
             issued = invite_user(
                 Context.operator(),
                 workspace,
@@ -178,21 +190,16 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
                 setup=True,
                 send_mail=False,
             )
-            link = issued.link
-        elif pending.status == "invited":
-            link = resend_invitation(
-                Context.operator(), workspace, pending.id, send_mail=False
-            ).link
-        else:
-            link = None
+            admin_email, link = issued.user.email, issued.link
+        public_url = load_settings().public_url
     if link:
         print(
-            f"\nSet up the first admin ({args.admin}) by opening:\n    {link}\n",
+            f"\nSet up the first admin ({admin_email}) by opening:\n    {link}\n",
             flush=True,
         )
     else:
         print(
-            "\nThe workspace already has an admin; sign in at http://localhost:8000/login\n",
+            f"\nThe workspace already has an admin; sign in at {public_url}/login\n",
             flush=True,
         )
     return cmd_serve(

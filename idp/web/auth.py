@@ -62,6 +62,11 @@ def finish_sign_in(token: str, return_to: str | None) -> Response:
     return response
 
 
+@bp.get("/")
+def home():  # type: ignore[no-untyped-def]
+    return redirect(url_for("portal.profile"))
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():  # type: ignore[no-untyped-def]
     return_to = safe_return_url(request.values.get("rd"))

@@ -63,6 +63,9 @@ NEW_PASSWORD = "a different long passphrase"
 ROUTES: dict[tuple[str, str], Access] = {
     # --- public ------------------------------------------------------------
     ("GET", "/static/<path:filename>"): Access("200", "200", "200"),
+    ("GET", "/"): Access(
+        "302 /portal/profile", "302 /portal/profile", "302 /portal/profile"
+    ),
     ("GET", "/healthz"): Access("200", "200", "200"),
     ("GET", "/readyz"): Access("200", "200", "200"),
     ("GET", "/login"): Access("200", "302 /portal/profile", "302 /portal/profile"),
@@ -175,7 +178,8 @@ POST_ROUTES = [k for k in ROUTES if k[0] == "POST"]
 
 
 def is_public(rule: str) -> bool:
-    return rule.startswith(PUBLIC_PREFIXES)
+    # "/" only redirects to the portal, which then asks for a session.
+    return rule == "/" or rule.startswith(PUBLIC_PREFIXES)
 
 
 def app_routes(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]

@@ -76,6 +76,8 @@ def test_workspace_and_admin_link(run):
         ),
         (["admin", "create", "--workspace", "acme", "not-an-email"], "valid email"),
         (["workspace", "create", "   "], "1 to 200 characters"),
+        (["serve", "--port", "0"], "--port"),
+        (["serve", "--workers", "0"], "--workers"),
         (["serve", "--port", "70000"], "--port"),
         (["frobnicate"], "invalid choice"),
         (["admin", "create", "a@b.example"], "--workspace"),
