@@ -27,6 +27,7 @@ from tests.conftest import (
     post_form,
     table_rows,
 )
+from tests.gw1 import HOSTILE_RETURN_URLS
 
 
 class Raw(bytes):
@@ -472,48 +473,6 @@ def test_bodies_over_the_limit_are_413(app, team):
 
 # --- GW-1: return URLs after sign-in -----------------------------------------
 
-HOSTILE_RETURN_URLS = [
-    "//evil.example",
-    "/\\evil.example",
-    "/%5Cevil.example",
-    "\\\\evil.example",
-    "/\t/evil.example",
-    "https:evil.example",
-    "https:\\\\evil.example",
-    "https://app.example.com@evil.example/",
-    "https://a@b@evil.example/",
-    "https://app.example.com.evil.example/",
-    "javascript:alert(1)",
-    # our own variants of the same tricks
-    "///evil.example",
-    "\\/evil.example",
-    "/\\/evil.example",
-    "//evil.example/%2F..",
-    "/\n/evil.example",
-    "/\r/evil.example",
-    " //evil.example",
-    "\x00//evil.example",
-    "https:/evil.example",
-    "HTTPS://evil.example/",
-    "http://evil.example",
-    "https://evil.example\\@app.example.com/",
-    "https://evil.example#@app.example.com/",
-    "https://evil.example?@app.example.com/",
-    "https://app.example.com:443@evil.example/",
-    "https://app.example.com%40evil.example/",
-    "https://app.example.com\\.evil.example/",
-    "https://app.example.com:99999/x",
-    "https://аpp.example.com/",  # Cyrillic а
-    "JaVaScRiPt:alert(1)",
-    "java\tscript:alert(1)",
-    "data:text/html,<script>alert(1)</script>",
-    "vbscript:msgbox(1)",
-    "ftp://app.example.com/",
-    "//app.example.com@evil.example",
-    "https://evil.example/https://app.example.com/",
-    "https:///evil.example",
-    "/" + "a" * 3000,
-]
 CONTROLS = ["/dashboard?x=1", "https://app.example.com/x"]
 
 
@@ -534,7 +493,7 @@ def sign_in_with_rd(client, rd: str, email: str):  # type: ignore[no-untyped-def
 def test_hostile_return_urls_fall_back_to_the_profile(app, subtests, overrides):
     ws = make_workspace(app)
     make_user(app, ws, "ann@example.com")
-    for rd in HOSTILE_RETURN_URLS:
+    for rd in [value for value in HOSTILE_RETURN_URLS if value]:
         with subtests.test(msg=repr(rd[:60])):
             client = app.test_client()
             if "\x00" in rd:
