@@ -114,6 +114,31 @@ def log_out_others(ctx: Context) -> str:
     return token
 
 
+def _issue_link(
+    user: User, purpose: str, lifetime: timedelta, *, new_email: str | None = None
+) -> str:
+    """A new single-use mailed link for ``purpose``, replacing any older one
+    of that purpose; returns the token (only its digest is stored)."""
+    db.session.execute(
+        sa.delete(EmailToken).where(
+            EmailToken.user_id == user.id, EmailToken.purpose == purpose
+        )
+    )
+    token = new_token()
+    db.session.add(
+        EmailToken(
+            workspace_id=user.workspace_id,
+            user_id=user.id,
+            purpose=purpose,
+            token_hash=token_digest(token),
+            new_email=new_email,
+            created_at=now(),
+            expires_at=now() + lifetime,
+        )
+    )
+    return token
+
+
 def request_password_reset(ctx: Context, typed_email: str) -> None:
     """Mail a one-hour single-use link to every active account with this
     email. The answer is the same whether or not one exists, and mail goes
@@ -131,22 +156,7 @@ def request_password_reset(ctx: Context, typed_email: str) -> None:
     minutes = settings()["invitations"]["reset_lifetime_minutes"]
     outgoing = []
     for user in users:
-        db.session.execute(
-            sa.delete(EmailToken).where(
-                EmailToken.user_id == user.id, EmailToken.purpose == "password_reset"
-            )
-        )
-        token = new_token()
-        db.session.add(
-            EmailToken(
-                workspace_id=user.workspace_id,
-                user_id=user.id,
-                purpose="password_reset",
-                token_hash=token_digest(token),
-                created_at=now(),
-                expires_at=now() + timedelta(minutes=minutes),
-            )
-        )
+        token = _issue_link(user, "password_reset", timedelta(minutes=minutes))
         audit.record(
             ctx, "password.reset_request", workspace_id=user.workspace_id, target=user
         )
@@ -362,24 +372,8 @@ def request_email_change(ctx: Context, *, new_email: str, password: str) -> str:
     require_allowed_domain(ctx, workspace, address, action="email.change_request")
     _verify_current(ctx, password)
     _require_email_free(workspace, address)
-    db.session.execute(
-        sa.delete(EmailToken).where(
-            EmailToken.user_id == user.id, EmailToken.purpose == "email_change"
-        )
-    )
-    token = new_token()
     hours = settings()["invitations"]["email_change_lifetime_hours"]
-    db.session.add(
-        EmailToken(
-            workspace_id=user.workspace_id,
-            user_id=user.id,
-            purpose="email_change",
-            token_hash=token_digest(token),
-            new_email=address,
-            created_at=now(),
-            expires_at=now() + timedelta(hours=hours),
-        )
-    )
+    token = _issue_link(user, "email_change", timedelta(hours=hours), new_email=address)
     audit.record(
         ctx,
         "email.change_request",
