@@ -12,7 +12,6 @@ import email
 import email.policy
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from playwright.sync_api import (
 )
 
 from tests.conftest import DB_KIND, PG_ADMIN_URL
+from tests.serve import spawn_serve, stop
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -230,44 +230,13 @@ def server(
     port = free_port()
     env = _environment(tmp, port, server_database_url, smtp_port)
     log = tmp / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "idp.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_serve(port, 1, env, log)
     running = Server(url=f"http://localhost:{port}", env=env, log=log, inbox=handler)
     try:
         _wait_healthy(running.url, process, log)
         yield running
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    # Its own session: the group holds gunicorn's arbiter and its workers.
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+        stop(process)
 
 
 # --- browser ----------------------------------------------------------------

@@ -34,6 +34,7 @@ from tests.perf._support import (
     rss_bytes,
     scratch_database,
 )
+from tests.serve import spawn_serve, stop
 
 ACCOUNTS = 200
 PASSWORD = "a benchmark passphrase that is long enough"
@@ -108,36 +109,13 @@ def server() -> Iterator[Server]:
             }
         )
         log = scratch.workdir / "server.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "idp.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    "2",
-                ],
-                env=env,
-                cwd=scratch.workdir,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        process = spawn_serve(port, 2, env, log, cwd=scratch.workdir)
         running = Server(process, port, log, scratch)
         try:
             _wait_ready(running)
             yield running
         finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def _wait_ready(server: Server, timeout: float = 60) -> None:
