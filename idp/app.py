@@ -121,11 +121,16 @@ def create_app(
     errors.init_app(app)
     app.register_blueprint(health.bp)
 
+    from idp.gateway import forward
+    from idp.services.assertions import Signer
     from idp.web import auth
     from idp.web.portal import bp as portal_bp
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(portal_bp)
+    app.register_blueprint(forward.bp)
+    forward.init_app(app)
+    app.extensions["idp_signer"] = Signer(keys)
     app.extensions["idp_limiter"] = limits.init_app(app, settings)
 
     @app.context_processor

@@ -7,6 +7,7 @@ its name, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +20,28 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "IDP_"
 # Variables of ours that are not settings.
 ENV_NOT_SETTINGS = frozenset({"IDP_CONFIG"})
+
+
+# Settings whose value is a list of tables rather than of strings.
+TABLE_LISTS = frozenset({"gateway.routes"})
+
+ROUTE_KEYS = frozenset({"host", "path", "roles", "upstream"})
+ROLES = ("admin", "read_only")
+# Paths that are Portcullis's own on its public host: a route may not take
+# them over.
+OWN_PATHS = (
+    "/login",
+    "/logout",
+    "/portal",
+    "/auth",
+    "/invite",
+    "/reset",
+    "/email",
+    "/static",
+    "/.well-known",
+    "/healthz",
+    "/readyz",
+)
 
 
 class SettingsError(Exception):
@@ -52,6 +75,14 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
+    elif name in TABLE_LISTS:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise SettingsError(f"setting {name!r} is not valid JSON") from exc
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return value
     elif isinstance(default, list):
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
@@ -170,8 +201,60 @@ def _validate(values: dict[str, Any]) -> None:
             raise SettingsError(
                 f"gateway.trusted_proxies: {entry!r} is not an address or range"
             ) from exc
+    _validate_routes(values)
     if values["log"]["format"] not in ("text", "json"):
         raise SettingsError('log.format must be "text" or "json"')
+
+
+def _overlaps_own(path: str) -> bool:
+    prefix = path.rstrip("/") + "/"
+    return any(
+        (own + "/").startswith(prefix) or prefix.startswith(own + "/")
+        for own in OWN_PATHS
+    )
+
+
+def _validate_routes(values: dict[str, Any]) -> None:
+    public_host = (urlsplit(values["public_url"]).hostname or "").lower()
+    routes = []
+    for number, route in enumerate(values["gateway"]["routes"], start=1):
+        where = f"gateway.routes[{number}]"
+        unknown = set(route) - ROUTE_KEYS
+        if unknown:
+            raise SettingsError(f"{where}: unknown key {min(unknown)!r}")
+        host = route.get("host")
+        if not isinstance(host, str) or not host or "/" in host or ":" in host:
+            raise SettingsError(f"{where}: host must be a host name without a port")
+        path = route.get("path", "/")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise SettingsError(f"{where}: path must start with /")
+        roles = route.get("roles", list(ROLES))
+        if (
+            not isinstance(roles, list)
+            or not roles
+            or any(role not in ROLES for role in roles)
+        ):
+            raise SettingsError(f"{where}: roles must be a list of {', '.join(ROLES)}")
+        upstream = route.get("upstream")
+        if upstream is not None:
+            parts = urlsplit(upstream) if isinstance(upstream, str) else None
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.hostname
+            ):
+                raise SettingsError(f"{where}: upstream must be an http or https URL")
+            if parts.query or parts.fragment:
+                raise SettingsError(f"{where}: upstream must not have a query")
+        host = host.lower().rstrip(".")
+        if upstream is not None and host == public_host and _overlaps_own(path):
+            raise SettingsError(
+                f"{where}: {path} on the public host overlaps Portcullis's own pages"
+            )
+        routes.append(
+            {"host": host, "path": path, "roles": list(roles), "upstream": upstream}
+        )
+    values["gateway"]["routes"] = routes
 
 
 def load_settings(

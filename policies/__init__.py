@@ -1,13 +1,21 @@
 """The policy pipeline: a plain context and the workspace policy in, a
 decision (or nothing) out. Nothing here imports Flask or the database."""
 
-from policies.context import PolicyContext, SessionFacts, UserFacts, WorkspacePolicy
+from policies.concurrent_sessions import sessions_to_end
+from policies.context import (
+    PolicyContext,
+    SessionFacts,
+    UserFacts,
+    WorkspacePolicy,
+)
 from policies.decision import Decision, Outcome
-from policies.runner import CHECK, SIGN_IN, evaluate
+from policies.ip_allowlist import ip_allowed
+from policies.mfa import session_has_mfa
+from policies.runner import PIPELINE, TIME_LIMITS, evaluate
 
 __all__ = [
-    "CHECK",
-    "SIGN_IN",
+    "PIPELINE",
+    "TIME_LIMITS",
     "Decision",
     "Outcome",
     "PolicyContext",
@@ -15,4 +23,7 @@ __all__ = [
     "UserFacts",
     "WorkspacePolicy",
     "evaluate",
+    "ip_allowed",
+    "session_has_mfa",
+    "sessions_to_end",
 ]

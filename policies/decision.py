@@ -24,3 +24,11 @@ class Decision:
     @classmethod
     def reauthenticate(cls, reason: str) -> Decision:
         return cls(Outcome.REAUTHENTICATE, reason)
+
+    @classmethod
+    def require_mfa(cls, reason: str) -> Decision:
+        return cls(Outcome.REQUIRE_MFA, reason)
+
+    @classmethod
+    def enroll_mfa(cls, reason: str) -> Decision:
+        return cls(Outcome.ENROLL_MFA, reason)

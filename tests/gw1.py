@@ -1,7 +1,7 @@
 """GW-1: return URLs that must never lead off our protected hosts, shared by
 the unit tests of safe_return_url and the sign-in tests."""
 
-from idp.web.returnurl import MAX_LENGTH
+from idp.services.returnurl import MAX_LENGTH
 
 HOSTILE_RETURN_URLS = [
     # the case file's list

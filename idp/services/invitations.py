@@ -200,7 +200,7 @@ def invitation_for(token: str | None, *, viewer: Context | None = None) -> Invit
 
 def accept_invitation(
     ctx: Context, token: str | None, *, full_name: str, password: str
-) -> str:
+) -> signin.SignedIn:
     """Set name and password, activate the account and sign it in. Returns
     the new session token. Two acceptances of one link: exactly one wins."""
     invitation = invitation_for(token)

@@ -11,11 +11,12 @@ import sqlalchemy as sa
 import policies
 from idp.clock import now
 from idp.db import db
-from idp.models import Session, User
+from idp.models import SecurityPolicy, Session, User, Workspace
 from idp.security import new_token, token_digest
 from idp.services import audit
 from idp.services.context import Client, Context
 from idp.services.errors import NotFound
+from idp.services.policy import policy_facts, user_facts
 from idp.state import settings
 
 # Longest token we will even hash: ours are 43 characters.
@@ -26,12 +27,30 @@ MAX_TOKEN_LENGTH = 128
 class Loaded:
     session: Session
     user: User
+    workspace: Workspace
 
 
-def user_facts(user: User | None) -> policies.UserFacts | None:
-    if user is None:
-        return None
-    return policies.UserFacts(id=str(user.id), role=user.role, status=user.status)
+@dataclass(frozen=True)
+class Refused:
+    """A live session that the workspace policy does not let through now.
+    ``ended`` when the policy ended it (idle, re-login, MFA now forced); an
+    IP refusal leaves the session alive for when the member is back on an
+    allowed network."""
+
+    session: Session
+    user: User
+    workspace: Workspace
+    decision: policies.Decision
+    ended: bool
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a checked request asks for (the gateway's original request)."""
+
+    host: str | None = None
+    path: str | None = None
+    method: str | None = None
 
 
 def session_facts(session: Session) -> policies.SessionFacts:
@@ -46,7 +65,13 @@ def session_facts(session: Session) -> policies.SessionFacts:
 
 
 def issue(
-    user: User, client: Client, *, amr: list[str], authenticated_at: datetime
+    user: User,
+    client: Client,
+    *,
+    amr: list[str],
+    authenticated_at: datetime,
+    mfa_at: datetime | None = None,
+    sso_connection_id: uuid.UUID | None = None,
 ) -> str:
     """Add a new session to the current transaction; return its token."""
     token = new_token()
@@ -60,6 +85,8 @@ def issue(
             authenticated_at=authenticated_at,
             last_seen_at=moment,
             amr=amr,
+            mfa_at=mfa_at,
+            sso_connection_id=sso_connection_id,
             ip=client.ip,
             user_agent=(client.user_agent or "")[:512] or None,
         )
@@ -67,34 +94,47 @@ def issue(
     return token
 
 
-def load(token: str | None, client: Client) -> Loaded | None:
-    """The live session for a cookie value, read from the database on every
-    call so that revocation, disabling and role changes apply at once."""
+def load(
+    token: str | None, client: Client, target: Target | None = None
+) -> Loaded | Refused | None:
+    """The session for a cookie value, checked against the workspace policy.
+
+    Read from the database on every call (one query, plus the IP allow-list
+    when the workspace has one), so that revocation, disabling, role and
+    policy changes apply at once on every instance. None: no live session.
+    """
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     row = db.session.execute(
-        sa.select(Session, User)
+        sa.select(Session, User, Workspace, SecurityPolicy)
         .join(User, User.id == Session.user_id)
+        .join(Workspace, Workspace.id == Session.workspace_id)
+        .outerjoin(SecurityPolicy, SecurityPolicy.workspace_id == Session.workspace_id)
         .where(Session.token_hash == token_digest(token), Session.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
-    session, user = row
+    session, user, workspace, policy_row = row
     moment = now()
     lifetime = timedelta(days=settings()["sessions"]["absolute_lifetime_days"])
     if moment - session.authenticated_at >= lifetime:
         return None
+    target = target or Target()
     decision = policies.evaluate(
         policies.PolicyContext(
             now=moment,
             user=user_facts(user),
+            stage="check",
             session=session_facts(session),
             client_ip=client.ip,
-        ),
-        policies.CHECK,
+            host=target.host,
+            path=target.path,
+            method=target.method,
+            policy=policy_facts(policy_row),
+        )
     )
     if decision is not None:
-        return None
+        return _refuse(session, user, workspace, decision, client)
     interval = settings()["sessions"]["last_seen_interval_seconds"]
     if (moment - session.last_seen_at).total_seconds() >= interval:
         # Conditional, so two parallel requests write once and a revocation
@@ -110,7 +150,44 @@ def load(token: str | None, client: Client) -> Loaded | None:
             sa.update(User).where(User.id == user.id).values(last_seen_at=moment)
         )
         db.session.commit()
-    return Loaded(session, user)
+    return Loaded(session, user, workspace)
+
+
+def _refuse(
+    session: Session,
+    user: User,
+    workspace: Workspace,
+    decision: policies.Decision,
+    client: Client,
+) -> Refused:
+    """Record a policy refusal. A decision that sends the member to sign in
+    again ends the session, once: the audit event is written by whichever
+    request ended it."""
+    ctx = Context.for_user(user, client, session)
+    ended = False
+    if decision.outcome is not policies.Outcome.DENY:
+        ended = revoke_where(Session.id == session.id, reason=decision.reason) > 0
+        if ended:
+            audit.record(
+                ctx,
+                "session.ended",
+                workspace_id=workspace.id,
+                outcome="denied",
+                reason=decision.reason,
+                target=user,
+                details={"session": str(session.id)},
+            )
+    else:
+        audit.record(
+            ctx,
+            "access.denied",
+            workspace_id=workspace.id,
+            outcome="denied",
+            reason=decision.reason,
+            target=user,
+        )
+    db.session.commit()
+    return Refused(session, user, workspace, decision, ended)
 
 
 def active_sessions(user: User) -> list[Session]:
@@ -124,6 +201,22 @@ def active_sessions(user: User) -> list[Session]:
                 Session.authenticated_at > now() - lifetime,
             )
             .order_by(Session.last_seen_at.desc())
+        )
+    )
+
+
+def oldest_first(user_id: uuid.UUID) -> list[Session]:
+    """The member's live sessions, oldest first (for the session limit)."""
+    lifetime = timedelta(days=settings()["sessions"]["absolute_lifetime_days"])
+    return list(
+        db.session.scalars(
+            sa.select(Session)
+            .where(
+                Session.user_id == user_id,
+                Session.revoked_at.is_(None),
+                Session.authenticated_at > now() - lifetime,
+            )
+            .order_by(Session.created_at, Session.id)
         )
     )
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import NoReturn
 
 import sqlalchemy as sa
@@ -18,16 +20,9 @@ from idp.security import normalize_email, secrets_equal
 from idp.services import audit, sessions, throttle
 from idp.services.context import Context
 from idp.services.errors import Busy, Forbidden, InvalidInput, ServiceError, Throttled
+from idp.services.policy import load_policy, user_facts
+from idp.services.reasons import GENERIC_FAILURE, MESSAGES
 from idp.state import state
-
-GENERIC_FAILURE = "The email or password is incorrect."
-
-# What a person is told when a policy refuses their sign-in.
-REFUSALS = {
-    "account_disabled": "This account is disabled. Ask an admin of the workspace to enable it.",
-    "account_not_active": "This account has not been set up yet. Use the link in your invitation.",
-    "account_deleted": GENERIC_FAILURE,
-}
 
 
 class SignInFailed(ServiceError):
@@ -129,9 +124,23 @@ def _record_failure(
     db.session.commit()
 
 
-def complete_sign_in(ctx: Context, user: User, *, amr: list[str]) -> str:
+@dataclass(frozen=True)
+class SignedIn:
+    token: str
+    # Older sessions ended to respect *Max concurrent sessions*.
+    sessions_ended: int = 0
+
+
+def complete_sign_in(
+    ctx: Context,
+    user: User,
+    *,
+    amr: list[str],
+    mfa_at: datetime | None = None,
+    sso_connection_id: uuid.UUID | None = None,
+) -> SignedIn:
     """The one place a session is created: policy check, new token, the old
-    session (if any) ended, audit. Returns the new session token."""
+    session (if any) ended, the concurrent-session limit applied, audit."""
     moment = now()
     # The account as it is now, not as it was read before the slow hash: an
     # admin may have disabled or deleted it meanwhile. Locked (PostgreSQL)
@@ -142,22 +151,77 @@ def complete_sign_in(ctx: Context, user: User, *, amr: list[str]) -> str:
         .with_for_update()
         .execution_options(populate_existing=True)
     ).scalar_one_or_none()
-    decision = policies.evaluate(
-        policies.PolicyContext(
-            now=moment, user=sessions.user_facts(current), client_ip=ctx.client.ip
-        ),
-        policies.SIGN_IN,
+    policy = load_policy(user.workspace_id)
+    replaced = ctx.session.id if ctx.session is not None else None
+    # Sessions the policy has already timed out do not count against the
+    # limit; they end at their next request anyway.
+    open_ids = tuple(
+        str(s.id)
+        for s in sessions.oldest_first(user.id)
+        if s.id != replaced
+        and policies.evaluate(
+            policies.PolicyContext(
+                now=moment,
+                user=None,
+                session=sessions.session_facts(s),
+                policy=policy,
+            ),
+            policies.TIME_LIMITS,
+        )
+        is None
     )
+    pctx = policies.PolicyContext(
+        now=moment,
+        user=user_facts(current, with_mfa=True),
+        stage="sign_in",
+        session=policies.SessionFacts(
+            created_at=moment,
+            authenticated_at=moment,
+            last_seen_at=moment,
+            mfa_at=mfa_at,
+            amr=tuple(amr),
+            via_sso=sso_connection_id is not None,
+        ),
+        client_ip=ctx.client.ip,
+        policy=policy,
+        open_sessions=open_ids,
+    )
+    decision = policies.evaluate(pctx)
     if decision is not None:
         _refuse(ctx, user, decision.reason)
 
-    if ctx.session is not None:
-        sessions.revoke_where(Session.id == ctx.session.id, reason="replaced")
-    token = sessions.issue(user, ctx.client, amr=amr, authenticated_at=moment)
+    if replaced is not None:
+        sessions.revoke_where(Session.id == replaced, reason="replaced")
+    displaced = policies.sessions_to_end(pctx)
+    ended = 0
+    if displaced:
+        ended = sessions.revoke_where(
+            Session.id.in_([uuid.UUID(i) for i in displaced]),
+            Session.user_id == user.id,
+            reason="session_limit",
+        )
+    token = sessions.issue(
+        user,
+        ctx.client,
+        amr=amr,
+        authenticated_at=moment,
+        mfa_at=mfa_at,
+        sso_connection_id=sso_connection_id,
+    )
     user.last_signin_at = moment
     user.last_seen_at = moment
+    member = Context.for_user(user, ctx.client)
+    if ended:
+        audit.record(
+            member,
+            "session.limit_reached",
+            workspace_id=user.workspace_id,
+            target=user,
+            reason="session_limit",
+            details={"sessions_ended": ended, "limit": policy.max_sessions},
+        )
     audit.record(
-        Context.for_user(user, ctx.client),
+        member,
         "signin.success",
         workspace_id=user.workspace_id,
         target=user,
@@ -168,7 +232,7 @@ def complete_sign_in(ctx: Context, user: User, *, amr: list[str]) -> str:
     except (sa.exc.IntegrityError, sa.orm.exc.StaleDataError):
         # Deleted after the check (SQLite takes no row lock).
         _refuse(ctx, user, "account_deleted")
-    return token
+    return SignedIn(token, ended)
 
 
 def _refuse(ctx: Context, user: User, reason: str) -> NoReturn:
@@ -183,7 +247,7 @@ def _refuse(ctx: Context, user: User, reason: str) -> NoReturn:
         target=None if gone else user,
         target_label=label,
     )
-    raise Forbidden(REFUSALS.get(reason, GENERIC_FAILURE), code=reason, audited=True)
+    raise Forbidden(MESSAGES.get(reason, GENERIC_FAILURE), code=reason, audited=True)
 
 
 def choice_fingerprint(accounts: list[User]) -> str:

@@ -19,14 +19,17 @@ from flask import (
 )
 
 from idp.db import db
-from idp.services import account, invitations, sessions, signin
+from idp.services import account, invitations, reasons, sessions, signin
 from idp.services.errors import InvalidInput, InvalidLink
+from idp.services.returnurl import DEFAULT, safe_return_url
 from idp.state import settings
 from idp.web.errors import audit_refusal
 from idp.web.requests import clear_session_cookie, context, set_session_cookie
-from idp.web.returnurl import DEFAULT, safe_return_url
 
 bp = Blueprint("auth", __name__)
+
+# Why a session ended, as the portal and the gateway pass it to /login.
+ENDED_REASONS = frozenset({"idle_timeout", "relogin_required", "mfa_required"})
 
 MAX_EMAIL_FIELD = 400
 MAX_NAME_FIELD = 400
@@ -52,12 +55,20 @@ def _flow_fresh(key: str) -> dict | None:
     return state
 
 
-def finish_sign_in(token: str, return_to: str | None) -> Response:
+def finish_sign_in(signed_in: signin.SignedIn, return_to: str | None) -> Response:
     """Answer a completed sign-in: new cookie, a fresh flow (new CSRF token,
     no half-finished state), then where the person was going."""
     session.clear()
+    if signed_in.sessions_ended:
+        count = signed_in.sessions_ended
+        flash(
+            f"Your workspace allows a limited number of sessions at once, so "
+            f"your oldest {'session was' if count == 1 else f'{count} sessions were'} "
+            "signed out.",
+            "info",
+        )
     response = redirect(safe_return_url(return_to) or DEFAULT)
-    set_session_cookie(response, token)
+    set_session_cookie(response, signed_in.token)
     g.cookie_set = True
     return response
 
@@ -82,7 +93,12 @@ def login():  # type: ignore[no-untyped-def]
         session["login"] = {"email": email, "at": time.time(), "rd": return_to}
         return redirect(url_for("auth.password"))
     expired = request.args.get("expired") == "1"
-    return render_template("auth/login_email.html", rd=return_to, expired=expired)
+    # Only the codes a session can end with; anything else is ignored.
+    notice = request.args.get("reason", "")
+    notice = reasons.message(notice) if notice in ENDED_REASONS else None
+    return render_template(
+        "auth/login_email.html", rd=return_to, expired=expired, notice=notice
+    )
 
 
 @bp.route("/login/password", methods=["GET", "POST"])
@@ -100,8 +116,8 @@ def password():  # type: ignore[no-untyped-def]
             "auth/login_password.html", email=flow["email"], error=exc.message
         ), 401
     if len(matched) == 1:
-        token = signin.complete_sign_in(context(), matched[0], amr=["pwd"])
-        return finish_sign_in(token, flow.get("rd"))
+        signed_in = signin.complete_sign_in(context(), matched[0], amr=["pwd"])
+        return finish_sign_in(signed_in, flow.get("rd"))
     session["choose"] = {
         "ids": [str(u.id) for u in matched],
         "at": time.time(),
@@ -129,8 +145,8 @@ def choose_workspace():  # type: ignore[no-untyped-def]
             return redirect(url_for("auth.login"))
         if user is None:
             abort(400)
-        token = signin.complete_sign_in(context(), user, amr=["pwd"])
-        return finish_sign_in(token, flow.get("rd"))
+        signed_in = signin.complete_sign_in(context(), user, amr=["pwd"])
+        return finish_sign_in(signed_in, flow.get("rd"))
     from idp.models import User, Workspace
 
     accounts = [db.session.get(User, uuid.UUID(i)) for i in flow["ids"]]
@@ -225,7 +241,7 @@ def invite_accept():  # type: ignore[no-untyped-def]
                 error="The two passwords differ.",
             ), 400
         try:
-            new_token = invitations.accept_invitation(
+            signed_in = invitations.accept_invitation(
                 context(), token, full_name=full_name, password=password
             )
         except InvalidLink as exc:
@@ -238,7 +254,7 @@ def invite_accept():  # type: ignore[no-untyped-def]
                 full_name=full_name,
                 error=exc.message,
             ), 400
-        return finish_sign_in(new_token, None)
+        return finish_sign_in(signed_in, None)
     return render_template(
         "auth/invite.html", invitation=invitation, full_name=invitation.user.full_name
     )

@@ -99,12 +99,21 @@ def init_app(app: Flask) -> None:
         g.request_id = secrets.token_hex(8)
         g.started = time.perf_counter()
         g.loaded = None
+        g.refused = None
         if request.endpoint in (None, "static", "health.healthz", "health.readyz"):
+            return
+        if request.endpoint.startswith("gateway."):
+            # The gateway checks the session against the original request
+            # itself, and never answers with a cookie.
             return
         _refuse_nul()
         token = request.cookies.get(session_cookie_name())
         if token is not None:
-            g.loaded = sessions.load(token, current_client())
+            result = sessions.load(token, current_client())
+            if isinstance(result, sessions.Refused):
+                g.refused = result
+            else:
+                g.loaded = result
             # Set once the store has answered: a database outage must not
             # clear every cookie it could not check and sign everyone out.
             g.had_session_cookie = True
@@ -128,6 +137,7 @@ def init_app(app: Flask) -> None:
             g.get("had_session_cookie")
             and g.get("loaded") is None
             and not g.get("cookie_set")
+            and not (g.get("refused") is not None and not g.refused.ended)
         ):
             clear_session_cookie(response)
         if request.endpoint != "static":

@@ -4,7 +4,7 @@ newlines dropped, userinfo before the host."""
 
 import pytest
 
-from idp.web.returnurl import safe_return_url
+from idp.services.returnurl import safe_return_url
 from tests.gw1 import HOSTILE_RETURN_URLS as HOSTILE
 
 CONTROLS = [

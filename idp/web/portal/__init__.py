@@ -13,6 +13,7 @@ from flask import Blueprint, g, redirect, request, url_for
 from idp.db import db
 from idp.models import Workspace
 from idp.services import audit
+from idp.services.reasons import message
 from idp.web.errors import error_page
 from idp.web.requests import context
 
@@ -38,10 +39,17 @@ TABS = (
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refused = g.get("refused")
+        if g.loaded is None and refused is not None and not refused.ended:
+            # Signed in, but not from here (the IP allow-list).
+            return error_page(403, "Not allowed", message(refused.decision.reason))
         if g.loaded is None:
             target = request.full_path if request.method == "GET" else request.path
             target = target.rstrip("?")
-            expired = "&expired=1" if g.get("had_session_cookie") else ""
+            if refused is not None:
+                expired = f"&reason={refused.decision.reason}"
+            else:
+                expired = "&expired=1" if g.get("had_session_cookie") else ""
             return redirect(
                 f"{url_for('auth.login')}?rd={quote(target, safe='')}{expired}"
             )

@@ -1,0 +1,2 @@
+"""The gateway's HTTP adapters: forward-auth endpoints for nginx, Caddy and
+Traefik, the published keys, and the built-in reverse proxy."""

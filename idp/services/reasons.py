@@ -1,0 +1,28 @@
+"""What a person is told for each reason code a policy or sign-in gives.
+Tests, the audit log and these messages all key on the same codes."""
+
+from __future__ import annotations
+
+GENERIC_FAILURE = "The email or password is incorrect."
+
+MESSAGES = {
+    "account_disabled": "This account is disabled. Ask an admin of the workspace to enable it.",
+    "account_not_active": "This account has not been set up yet. Use the link in your invitation.",
+    "account_deleted": GENERIC_FAILURE,
+    "ip_not_allowed": "Your network address is not on this workspace's list of allowed addresses. Connect from an allowed network, or ask an admin of the workspace.",
+    "ip_unknown": "Your network address could not be determined, and this workspace only allows listed addresses. Ask an admin of the workspace.",
+    "idle_timeout": "You were signed out after a period of inactivity. Sign in again.",
+    "relogin_required": "Your workspace asks you to sign in again every few days. Sign in again.",
+    # Until multi-factor sign-in is built, a workspace that forces MFA stops
+    # sign-in here: nobody is let through without a second factor.
+    "mfa_required": "This workspace requires multi-factor authentication, which this version of Portcullis cannot yet ask for at sign-in. Ask an admin of the workspace.",
+    "mfa_enrollment_required": "This workspace requires multi-factor authentication and your account has no second factor yet. Setting one up at sign-in is not available in this version of Portcullis; ask an admin of the workspace.",
+    "role_not_allowed": "Your role in this workspace does not give access to this page.",
+    "host_not_protected": "This site is not one that Portcullis protects. Ask the operator to add it to the protected hosts.",
+    "session_limit": "You were signed out because you signed in somewhere else and your workspace limits how many sessions you may have at once.",
+    "not_signed_in": "Sign in to continue.",
+}
+
+
+def message(code: str) -> str:
+    return MESSAGES.get(code, "Access was refused by the workspace's security policy.")
