@@ -1,4 +1,4 @@
 # Gunicorn settings used by `idp serve`: gunicorn -c config/gunicorn.conf.py
 # The packaged copy (idp/gunicorn_conf.py) is what an installed wheel uses;
 # a test keeps the two equal.
-from idp.gunicorn_conf import *  # noqa: F401,F403
+from idp.gunicorn_conf import *

@@ -132,6 +132,10 @@ def create_app(
     forward.init_app(app)
     app.extensions["idp_signer"] = Signer(keys)
     app.extensions["idp_limiter"] = limits.init_app(app, settings)
+    from idp.gateway import proxy
+
+    # Outermost: proxied requests never reach Flask's body limit or hooks.
+    proxy.init_app(app)
 
     @app.context_processor
     def _globals() -> dict[str, Any]:

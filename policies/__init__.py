@@ -3,6 +3,7 @@ decision (or nothing) out. Nothing here imports Flask or the database."""
 
 from policies.concurrent_sessions import sessions_to_end
 from policies.context import (
+    IPNetwork,
     PolicyContext,
     SessionFacts,
     UserFacts,
@@ -12,11 +13,13 @@ from policies.decision import Decision, Outcome
 from policies.ip_allowlist import ip_allowed
 from policies.mfa import session_has_mfa
 from policies.runner import PIPELINE, TIME_LIMITS, evaluate
+from policies.time_limits import past_lifetime
 
 __all__ = [
     "PIPELINE",
     "TIME_LIMITS",
     "Decision",
+    "IPNetwork",
     "Outcome",
     "PolicyContext",
     "SessionFacts",
@@ -24,6 +27,7 @@ __all__ = [
     "WorkspacePolicy",
     "evaluate",
     "ip_allowed",
+    "past_lifetime",
     "session_has_mfa",
     "sessions_to_end",
 ]

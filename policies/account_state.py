@@ -7,6 +7,7 @@ from policies.decision import Decision
 
 
 def account_state(ctx: PolicyContext) -> Decision | None:
+    """Deny a deleted, disabled or not yet joined account."""
     if ctx.user is None:
         return Decision.deny("account_deleted")
     if ctx.user.status == "disabled":

@@ -4,35 +4,64 @@ on the list (GW-2: "client unknown" denies, it does not skip the policy)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
-from policies.context import PolicyContext
+from policies.context import IPNetwork, PolicyContext
 from policies.decision import Decision
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _address(text: str | None) -> IPAddress | None:
     if not text:
         return None
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        # ::ffff:203.0.113.9 is 203.0.113.9 for every rule.
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            # ::ffff:203.0.113.9 is 203.0.113.9 for every rule.
+            return address.ipv4_mapped
+        if address.scope_id:
+            # A zone index names a link on the server's side; it says
+            # nothing about who the client is.
+            return None
     return address
 
 
-def ip_allowed(client_ip: str | None, networks: tuple) -> bool:
+def _network(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 range in its IPv4 form, so that an entry written
+    as ::ffff:203.0.113.0/120 covers 203.0.113.9 like 203.0.113.0/24 does."""
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= _MAPPED.prefixlen
+        and network.subnet_of(_MAPPED)
+    ):
+        return ipaddress.IPv4Network(
+            (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
+        )
+    return network
+
+
+def ip_allowed(client_ip: str | None, networks: Iterable[IPNetwork]) -> bool:
+    """Whether the address is inside one of the ranges; never for an
+    address that does not parse."""
     address = _address(client_ip)
     if address is None:
         return False
-    return any(
-        address.version == network.version and address in network
-        for network in networks
-    )
+    for entry in networks:
+        network = _network(entry)
+        if address.version == network.version and address in network:
+            return True
+    return False
 
 
 def ip_allowlist(ctx: PolicyContext) -> Decision | None:
+    """Deny a client outside the list; an empty list, once switched on,
+    lets nobody through."""
     networks = ctx.policy.ip_allowlist
     if networks is None:
         return None

@@ -14,6 +14,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +40,13 @@ INVALID_LINK = "This link is invalid or has expired."
 CSRF_PAGE = "/portal/privacy-security"
 # Cheap argon2 for speed; tests of the real cost set their own.
 FAST_HASH = {"argon2_memory_kib": 64, "argon2_time_cost": 1}
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-gpu",
+]
 
 
 class FakeClock:
@@ -72,6 +80,27 @@ class RecordingMailer:
 
 
 @pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, launched once per run: the sync
+    API allows one Playwright per thread, so every browser test shares it."""
+    if not Path(CHROMIUM).exists():
+        message = f"no Chromium at {CHROMIUM} (./scripts/test installs Debian's)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="session")
 def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("keys")
     ensure_keys(folder)
@@ -82,6 +111,33 @@ def _pg_fail_or_skip(message: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextmanager
+def empty_database(
+    tmp_path_factory: pytest.TempPathFactory, label: str
+) -> Iterator[str]:
+    """The URL of an empty database of the run's kind, for a server process
+    that migrates it: a SQLite file, or a PostgreSQL database dropped after."""
+    if DB_KIND == "sqlite":
+        folder = tmp_path_factory.mktemp(f"{label}-db")
+        yield f"sqlite:///{folder / 'portcullis.sqlite3'}"
+        return
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"portcullis_{label}_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        _pg_fail_or_skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

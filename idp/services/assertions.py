@@ -3,9 +3,7 @@ and the public keys that verify it."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -15,14 +13,17 @@ from flask import current_app
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from idp.clock import Clock, now
 from idp.keys import KeyRing
 from idp.security import new_token
 from idp.state import settings
 
 LIFETIME_SECONDS = 60
-# A cached assertion is reused only while more than this much life remains.
+# A cached assertion is reused only while more than this much life remains,
+# so an app never receives one that expires in transit.
 REUSE_MARGIN_SECONDS = 30
 CACHE_ENTRIES = 10_000
+ALGORITHM = "ES256"
 
 
 @dataclass(frozen=True)
@@ -40,47 +41,105 @@ class Claims:
     auth_time: int
 
 
+@dataclass(frozen=True)
+class _Signed:
+    token: str
+    issued: int
+    expires: int
+
+
 class Signer:
     """Signs with the newest signing key; publishes every key present, so
-    an assertion signed before a rotation still verifies."""
+    an assertion signed before a rotation still verifies.
 
-    def __init__(self, ring: KeyRing) -> None:
+    ``issuer`` defaults to the public URL and ``clock`` to the application's
+    clock, both read when an assertion is made.
+    """
+
+    def __init__(
+        self,
+        ring: KeyRing,
+        *,
+        issuer: str | None = None,
+        clock: Clock | None = None,
+        max_entries: int = CACHE_ENTRIES,
+    ) -> None:
+        if not ring.signing:
+            raise ValueError("no signing key")
         self._keys = [(kid, _jwk(private)) for kid, private in ring.signing]
-        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._issuer = issuer
+        self._clock = clock or now
+        self._max_entries = max(1, max_entries)
+        # Keyed by every claim, so a changed role, name or session state is
+        # a different entry and never answered from an older one.
+        self._cache: OrderedDict[Claims, _Signed] = OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def kid(self) -> str:
+        """The id of the key that signs."""
+        return self._keys[0][0]
+
+    def cached(self) -> int:
+        """How many assertions the cache holds."""
+        with self._lock:
+            return len(self._cache)
+
     def jwks(self) -> dict[str, Any]:
+        """Every public key, newest first, as a JWK Set."""
         return {
             "keys": [
-                {**key.as_dict(private=False), "kid": kid, "use": "sig", "alg": "ES256"}
+                {
+                    **key.as_dict(private=False),
+                    "kid": kid,
+                    "use": "sig",
+                    "alg": ALGORITHM,
+                }
                 for kid, key in self._keys
             ]
         }
 
-    def assertion(self, claims: Claims, *, wall_clock: float | None = None) -> str:
+    def assertion(self, claims: Claims) -> str:
         """A JWT for ``claims``, reused from the cache while it has more than
-        30 s to live. The cache key covers every claim, so a changed role or
-        name is never served from it."""
-        moment = time.time() if wall_clock is None else wall_clock
-        key = hashlib.sha256(repr(claims).encode()).hexdigest()
+        30 s to live."""
+        moment = int(self._clock().timestamp())
         with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[1] - moment > REUSE_MARGIN_SECONDS:
-                self._cache.move_to_end(key)
-                return hit[0]
-        token, expires = self._sign(claims, int(moment))
+            hit = self._cache.get(claims)
+            if hit is not None and self._reusable(hit, moment):
+                self._cache.move_to_end(claims)
+                return hit.token
+        # Signed outside the lock: two threads may both sign the same claims,
+        # which costs a signature and is otherwise harmless.
+        signed = self._sign(claims, moment)
         with self._lock:
-            self._cache[key] = (token, expires)
-            self._cache.move_to_end(key)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
-        return token
+            self._cache[claims] = signed
+            self._cache.move_to_end(claims)
+            self._trim(moment)
+        return signed.token
 
-    def _sign(self, claims: Claims, issued: int) -> tuple[str, float]:
+    @staticmethod
+    def _reusable(signed: _Signed, moment: int) -> bool:
+        # A clock set back must not hand out an assertion issued "later".
+        return (
+            signed.issued <= moment and signed.expires - moment > REUSE_MARGIN_SECONDS
+        )
+
+    def _trim(self, moment: int) -> None:
+        """Drop the least recently used entries that can no longer be reused,
+        then any beyond the bound. Called with the lock held."""
+        while self._cache:
+            oldest = next(iter(self._cache.values()))
+            if self._reusable(oldest, moment):
+                break
+            self._cache.popitem(last=False)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+
+    def _sign(self, claims: Claims, issued: int) -> _Signed:
         kid, key = self._keys[0]
         expires = issued + LIFETIME_SECONDS
         payload = {
-            "iss": settings().public_url,
+            "iss": self._issuer or settings().public_url,
             "sub": claims.user_id,
             "aud": claims.audience,
             "email": claims.email,
@@ -93,8 +152,9 @@ class Signer:
             "exp": expires,
             "jti": new_token(),
         }
-        header = {"alg": "ES256", "kid": kid, "typ": "JWT"}
-        return jwt.encode(header, payload, key, algorithms=["ES256"]), float(expires)
+        header = {"alg": ALGORITHM, "kid": kid, "typ": "JWT"}
+        token = jwt.encode(header, payload, key, algorithms=[ALGORITHM])
+        return _Signed(token, issued, expires)
 
 
 def _jwk(private: Any) -> ECKey:
@@ -107,4 +167,5 @@ def _jwk(private: Any) -> ECKey:
 
 
 def signer() -> Signer:
+    """The application's signer."""
     return current_app.extensions["idp_signer"]

@@ -6,9 +6,11 @@ they differ only in how they read the original request and how they answer.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import quote, urlsplit
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
 
 from idp.models import Session, User, Workspace
 from idp.services import audit, sessions
@@ -16,6 +18,43 @@ from idp.services.assertions import Claims, signer
 from idp.services.context import Client, Context
 from idp.services.returnurl import protected_hosts, safe_return_url
 from idp.state import settings
+
+log = logging.getLogger(__name__)
+
+# Longer than any URL a browser sends; past it the proxy is not asking about
+# a real request.
+MAX_URL_LENGTH = 8192
+# An HTTP method is a token (RFC 9110, 5.6.2).
+METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,20}")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Characters a host name can never hold; a host spelled with them is a trick.
+BAD_HOST_CHARACTERS = frozenset("/\\@?#%[] \t")
+# In X-Forwarded-Host, these would move the boundary between host and path
+# once the parts are joined into one URL.
+BAD_FORWARDED_HOST_CHARACTERS = frozenset("/\\@?# \t")
+
+Outcome = Literal["allow", "sign_in", "deny"]
+
+
+def _escaped(text: str, limit: int = 200) -> str:
+    """Printable text for the audit log: a hostile header may hold anything."""
+    return "".join(
+        c if c.isprintable() and c.isascii() else f"\\x{ord(c):02x}"
+        for c in text[:limit]
+    )
+
+
+def _as_sent(url: str) -> str | None:
+    """The URL as it was on the wire: ASCII, with any raw byte above 0x7F
+    percent-encoded. None when it holds a space or a control character,
+    which no browser sends and which parsers disagree about."""
+    try:
+        raw = url.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    if any(byte <= 0x20 or byte == 0x7F for byte in raw):
+        return None
+    return quote(raw, safe="".join(chr(b) for b in range(0x21, 0x7F)))
 
 
 @dataclass(frozen=True)
@@ -25,9 +64,9 @@ class Original:
     method: str
     scheme: str
     host: str
-    # Host with its port as the browser sent it (for the origin).
+    # Host with its port as the browser sent it (default ports dropped).
     netloc: str
-    # Path and query, as sent.
+    # Path and query, ASCII, as sent.
     uri: str
 
     @property
@@ -40,44 +79,71 @@ class Original:
 
     @property
     def path(self) -> str:
-        return urlsplit(self.uri).path or "/"
+        # Split by hand: urlsplit would read "//admin/x" as host "admin".
+        return self.uri.partition("?")[0] or "/"
 
     @classmethod
     def parse(cls, method: str | None, url: str | None) -> Original | None:
         """From a full URL (nginx's X-Original-URL); None when unusable."""
-        if not url:
+        if not url or len(url) > MAX_URL_LENGTH:
+            return None
+        method = (method or "GET").strip().upper()
+        if not METHOD.fullmatch(method):
+            return None
+        url = _as_sent(url)
+        if url is None:
             return None
         try:
             parts = urlsplit(url)
             host = parts.hostname
-            parts.port  # noqa: B018 - raises on a bad port
+            port = parts.port
         except ValueError:
             return None
-        if parts.scheme not in ("http", "https") or not host:
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS or not url.lower().startswith(scheme + "://"):
             return None
+        # A Host header never carries credentials, a backslash or an empty
+        # name: such a URL was forged to make us judge one host and the
+        # browser visit another.
+        if not host or "@" in parts.netloc or "\\" in parts.netloc:
+            return None
+        if port is not None and not 0 < port < 65536:
+            return None
+        # One trailing dot is the same name, fully qualified; an empty label
+        # anywhere else is no name at all.
+        host = host.removesuffix(".")
+        if not host or host.startswith(".") or ".." in host:
+            return None
+        if ":" not in host and BAD_HOST_CHARACTERS & set(host):
+            return None
+        name = f"[{host}]" if ":" in host else host
+        if port is not None and port != DEFAULT_PORTS[scheme]:
+            name += f":{port}"
         uri = parts.path or "/"
         if parts.query:
             uri += "?" + parts.query
-        return cls(
-            method=(method or "GET").upper()[:16],
-            scheme=parts.scheme,
-            host=host.lower().rstrip("."),
-            netloc=parts.netloc.rpartition("@")[2].lower(),
-            uri=uri,
-        )
+        return cls(method=method, scheme=scheme, host=host, netloc=name, uri=uri)
 
     @classmethod
     def from_parts(
         cls, method: str | None, scheme: str | None, host: str | None, uri: str | None
     ) -> Original | None:
         """From X-Forwarded-Method/-Proto/-Host/-Uri (Caddy, Traefik)."""
-        if not host:
+        if not host or not uri or not uri.startswith("/"):
             return None
-        scheme = (scheme or "").lower() or "https"
-        uri = uri or "/"
-        if not uri.startswith("/"):
+        scheme = (scheme or settings().public_scheme).strip().lower()
+        host = host.strip()
+        if scheme not in DEFAULT_PORTS or BAD_FORWARDED_HOST_CHARACTERS & set(host):
             return None
         return cls.parse(method, f"{scheme}://{host}{uri}")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A trusted proxy asked about a request it did not describe, or described
+    in a way we cannot read. ``sent`` is what it sent, for the audit log."""
+
+    sent: str
 
 
 @dataclass(frozen=True)
@@ -92,47 +158,104 @@ class Identity:
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: Literal["allow", "sign_in", "deny"]
+    outcome: Outcome
     reason: str | None = None
     identity: Identity | None = None
     # For "sign_in": where to send the browser (absolute URL).
     login_url: str | None = None
 
 
-def route_for(host: str, path: str) -> dict | None:
+def _covers(prefix: str, path: str) -> bool:
+    """Whether a route prefix covers ``path``, on a segment boundary and
+    without regard to case (some servers ignore it): /admin covers /admin,
+    /Admin and /admin/x, never /administrator."""
+    stem = prefix.rstrip("/").lower()
+    path = path.lower()
+    return stem == "" or path == stem or path.startswith(stem + "/")
+
+
+def route_for(host: str, path: str) -> dict[str, Any] | None:
     """The configured route with the longest path prefix for this request."""
     best = None
     for route in settings()["gateway"]["routes"]:
-        prefix = route["path"]
-        if route["host"] != host:
+        if route["host"] != host or not _covers(route["path"], path):
             continue
-        if not (
-            prefix == "/"
-            or path == prefix.rstrip("/")
-            or path.startswith(prefix.rstrip("/") + "/")
+        if best is None or len(route["path"].rstrip("/")) > len(
+            best["path"].rstrip("/")
         ):
-            continue
-        if best is None or len(prefix) > len(best["path"]):
             best = route
     return best
 
 
+def _remove_dot_segments(path: str) -> str:
+    kept: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    if path.endswith(("/.", "/..")):
+        kept.append("")
+    return "/" + "/".join(kept)
+
+
+def readings(path: str) -> set[str]:
+    """The ways an upstream may read ``path``: as sent, percent-decoded (up
+    to three times), with backslashes as slashes, repeated slashes merged,
+    dot segments resolved and ``;parameters`` dropped. Servers differ on
+    each of these, so a role rule must hold for every reading."""
+    forms = [path]
+    for _ in range(3):
+        decoded = unquote(forms[-1])
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    found = set()
+    for form in forms:
+        slashed = re.sub(r"/+", "/", "/" + form.replace("\\", "/"))
+        for variant in (form, slashed, _remove_dot_segments(slashed)):
+            found.add(variant)
+            found.add("/".join(part.partition(";")[0] for part in variant.split("/")))
+    return found
+
+
+def role_allowed(host: str, path: str, role: str) -> bool:
+    """Whether ``role`` passes every route rule that any reading of the path
+    falls under."""
+    for reading in readings(path):
+        route = route_for(host, reading)
+        if route is not None and role not in route["roles"]:
+            return False
+    return True
+
+
 def login_url(original: Original | None, reason: str | None = None) -> str:
+    """The sign-in page, with the original URL as ``rd`` when it may be
+    returned to (GW-1; /login judges it again)."""
     url = settings().public_url + "/login"
     query = []
     if original is not None and safe_return_url(original.url) is not None:
         query.append("rd=" + quote(original.url, safe=""))
     if reason is not None:
-        query.append("reason=" + reason)
+        query.append("reason=" + quote(reason, safe=""))
     return url + ("?" + "&".join(query) if query else "")
 
 
-def check(token: str | None, client: Client, original: Original | None) -> Verdict:
+def check(
+    token: str | None, client: Client, original: Original | Unreadable | None
+) -> Verdict:
     """Run the session, the workspace policy and the route's role rule for
-    one request. Nothing is cached but the signed assertion."""
+    one request. ``original`` is None when the caller is not a trusted proxy:
+    the session alone is then judged, for the public URL as audience.
+    Nothing is cached but the signed assertion."""
+    if isinstance(original, Unreadable):
+        # Fail closed: without the request we cannot apply route rules.
+        _record_denial(None, client, None, "bad_original_request", original.sent)
+        return Verdict("deny", "bad_original_request")
     if original is not None and original.host not in protected_hosts():
         # A proxy asking about a host we were not told to protect is a
-        # misconfiguration; refuse rather than guess.
+        # misconfiguration or a forged Host; refuse rather than guess.
         _record_denial(None, client, original, "host_not_protected")
         return Verdict("deny", "host_not_protected")
     target = sessions.Target(
@@ -144,13 +267,15 @@ def check(token: str | None, client: Client, original: Original | None) -> Verdi
     if result is None:
         return Verdict("sign_in", "not_signed_in", login_url=login_url(original))
     if isinstance(result, sessions.Refused):
+        reason = result.decision.reason
         if result.ended:
-            reason = result.decision.reason
             return Verdict("sign_in", reason, login_url=login_url(original, reason))
-        return Verdict("deny", result.decision.reason)
+        log.info("gateway.denied reason=%s", reason)
+        return Verdict("deny", reason)
     user, workspace, session = result.user, result.workspace, result.session
-    route = route_for(original.host, original.path) if original else None
-    if route is not None and user.role not in route["roles"]:
+    if original is not None and not role_allowed(
+        original.host, original.path, user.role
+    ):
         _record_denial(
             Context.for_user(user, client, session),
             client,
@@ -188,9 +313,23 @@ def _identity(
 
 
 def _record_denial(
-    ctx: Context | None, client: Client, original: Original | None, reason: str
+    ctx: Context | None,
+    client: Client,
+    original: Original | None,
+    reason: str,
+    sent: str | None = None,
 ) -> None:
     ctx = ctx or Context.anonymous(client)
+    details = {
+        "host": _escaped(original.host, 253) if original else "",
+        "path": _escaped(original.path) if original else "",
+        "method": original.method if original else "",
+    }
+    if sent is not None:
+        # Without the query, where an app's links may carry secrets.
+        details["sent"] = _escaped(sent.partition("?")[0])
+    # The path stays out of the log for the same reason (ASVS 16.2.5).
+    log.info("gateway.denied reason=%s host=%s", reason, details["host"])
     audit.record_now(
         ctx,
         "gateway.denied",
@@ -198,9 +337,5 @@ def _record_denial(
         outcome="denied",
         reason=reason,
         target=ctx.user,
-        details={
-            "host": original.host[:253] if original else "",
-            "path": original.path[:200] if original else "",
-            "method": original.method if original else "",
-        },
+        details=details,
     )

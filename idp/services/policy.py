@@ -4,13 +4,17 @@ about a member that the pipeline needs."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import uuid
+from collections.abc import Iterable
 
 import sqlalchemy as sa
 
 import policies
 from idp.db import db
 from idp.models import IpAllowEntry, SecurityPolicy, User
+
+log = logging.getLogger(__name__)
 
 
 def policy_facts(row: SecurityPolicy | None) -> policies.WorkspacePolicy:
@@ -20,9 +24,8 @@ def policy_facts(row: SecurityPolicy | None) -> policies.WorkspacePolicy:
         return policies.WorkspacePolicy()
     allowlist = None
     if row.ip_restriction_enabled:
-        allowlist = tuple(
-            ipaddress.ip_network(network, strict=False)
-            for network in db.session.scalars(
+        allowlist = _networks(
+            db.session.scalars(
                 sa.select(IpAllowEntry.network).where(
                     IpAllowEntry.workspace_id == row.workspace_id
                 )
@@ -35,6 +38,19 @@ def policy_facts(row: SecurityPolicy | None) -> policies.WorkspacePolicy:
         relogin_days=row.relogin_days,
         ip_allowlist=allowlist,
     )
+
+
+def _networks(entries: Iterable[str]) -> tuple[policies.IPNetwork, ...]:
+    """The stored entries as ranges. One that no longer parses (written by
+    hand, or by an older version) is left out and logged: the list then
+    allows less, never more, and no request fails with a 500 over it."""
+    networks: list[policies.IPNetwork] = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            log.error("policy.bad_ip_entry entry=%r", entry[:64])
+    return tuple(networks)
 
 
 def load_policy(workspace_id: uuid.UUID) -> policies.WorkspacePolicy:

@@ -24,5 +24,19 @@ MESSAGES = {
 }
 
 
+# Why a session may have ended, as the portal and the gateway pass it to
+# /login: the sign-in page explains these, and ignores any other code.
+SESSION_ENDED = frozenset(
+    {
+        "idle_timeout",
+        "relogin_required",
+        "mfa_required",
+        "session_limit",
+        "account_disabled",
+        "account_not_active",
+    }
+)
+
+
 def message(code: str) -> str:
     return MESSAGES.get(code, "Access was refused by the workspace's security policy.")

@@ -33,9 +33,9 @@ class Loaded:
 @dataclass(frozen=True)
 class Refused:
     """A live session that the workspace policy does not let through now.
-    ``ended`` when the policy ended it (idle, re-login, MFA now forced); an
-    IP refusal leaves the session alive for when the member is back on an
-    allowed network."""
+    ``ended`` when the refusal ended it (idle, re-login, MFA now forced, the
+    account no longer active); an IP refusal leaves the session alive for
+    when the member is back on an allowed network."""
 
     session: Session
     user: User
@@ -116,27 +116,28 @@ def load(
         return None
     session, user, workspace, policy_row = row
     moment = now()
+    facts = session_facts(session)
     lifetime = timedelta(days=settings()["sessions"]["absolute_lifetime_days"])
-    if moment - session.authenticated_at >= lifetime:
+    if policies.past_lifetime(facts, moment, lifetime):
         return None
     target = target or Target()
+    policy = policy_facts(policy_row)
     decision = policies.evaluate(
         policies.PolicyContext(
             now=moment,
             user=user_facts(user),
             stage="check",
-            session=session_facts(session),
+            session=facts,
             client_ip=client.ip,
             host=target.host,
             path=target.path,
             method=target.method,
-            policy=policy_facts(policy_row),
+            policy=policy,
         )
     )
     if decision is not None:
         return _refuse(session, user, workspace, decision, client)
-    interval = settings()["sessions"]["last_seen_interval_seconds"]
-    if (moment - session.last_seen_at).total_seconds() >= interval:
+    if (moment - session.last_seen_at).total_seconds() >= last_seen_interval(policy):
         # Conditional, so two parallel requests write once and a revocation
         # committed meanwhile is never undone.
         db.session.execute(
@@ -153,6 +154,32 @@ def load(
     return Loaded(session, user, workspace)
 
 
+def last_seen_interval(policy: policies.WorkspacePolicy) -> int:
+    """Seconds between two last-seen writes for one session.
+
+    The idle timeout counts from last-seen, which lags the latest request by
+    up to this interval, so a session may end up to one interval before the
+    member has really been idle for the whole timeout (never after it). The
+    operator's interval (a minute by default) keeps the hot path from
+    writing on every request; a short idle timeout shrinks it to a tenth of
+    the timeout, so that a member active every 30 s is not signed out by a
+    1-minute timeout.
+    """
+    interval = int(settings()["sessions"]["last_seen_interval_seconds"])
+    idle = policy.idle_timeout_seconds
+    if idle:
+        interval = min(interval, max(1, idle // 10))
+    return interval
+
+
+# Refusals that depend on where the member is, not on the session or the
+# account: the session stays for when they are back on an allowed network.
+# Every other refusal ends it, so that an account disabled or reset to
+# invited by any path, even one that forgot to revoke, never gets its old
+# sessions back when it is enabled again (ACC-1).
+KEEPS_SESSION = frozenset({"ip_not_allowed", "ip_unknown"})
+
+
 def _refuse(
     session: Session,
     user: User,
@@ -160,14 +187,13 @@ def _refuse(
     decision: policies.Decision,
     client: Client,
 ) -> Refused:
-    """Record a policy refusal. A decision that sends the member to sign in
-    again ends the session, once: the audit event is written by whichever
-    request ended it."""
+    """Record a policy refusal. A refusal that ends the session does so
+    once: the audit event is written by whichever request ended it, and a
+    request that lost that race is still told the session is over."""
     ctx = Context.for_user(user, client, session)
-    ended = False
-    if decision.outcome is not policies.Outcome.DENY:
-        ended = revoke_where(Session.id == session.id, reason=decision.reason) > 0
-        if ended:
+    ended = decision.reason not in KEEPS_SESSION
+    if ended:
+        if revoke_where(Session.id == session.id, reason=decision.reason) > 0:
             audit.record(
                 ctx,
                 "session.ended",
@@ -188,6 +214,19 @@ def _refuse(
         )
     db.session.commit()
     return Refused(session, user, workspace, decision, ended)
+
+
+def ended_reason(token: str | None) -> str | None:
+    """Why the session behind a cookie was revoked, for the sign-in page to
+    tell its holder (an idle timeout, a sign-in elsewhere past the session
+    limit); None for a token that was never issued or is still live."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    return db.session.scalar(
+        sa.select(Session.revoked_reason).where(
+            Session.token_hash == token_digest(token), Session.revoked_at.is_not(None)
+        )
+    )
 
 
 def active_sessions(user: User) -> list[Session]:

@@ -29,7 +29,7 @@ from idp.web.requests import clear_session_cookie, context, set_session_cookie
 bp = Blueprint("auth", __name__)
 
 # Why a session ended, as the portal and the gateway pass it to /login.
-ENDED_REASONS = frozenset({"idle_timeout", "relogin_required", "mfa_required"})
+ENDED_REASONS = reasons.SESSION_ENDED
 
 MAX_EMAIL_FIELD = 400
 MAX_NAME_FIELD = 400

@@ -13,6 +13,7 @@ from idp.clientip import resolve_client
 from idp.services import sessions
 from idp.services.context import Client, Context
 from idp.services.errors import InvalidInput
+from idp.services.returnurl import protected_hosts
 from idp.state import settings, state
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,22 @@ def clear_session_cookie(response: Response) -> None:
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'; object-src 'none'"
+    "font-src 'self'; connect-src 'self'; form-action {form_action}; "
+    "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
+
+
+def content_security_policy() -> str:
+    """Our CSP. Browsers apply form-action to the redirect that answers a
+    form too, so the sign-in forms may lead to the protected hosts, where
+    the person was going; to nowhere else."""
+    schemes = ("https",) if settings().public_scheme == "https" else ("http", "https")
+    sources = ["'self'"] + [
+        f"{scheme}://{host}:*"
+        for host in sorted(protected_hosts())
+        for scheme in schemes
+    ]
+    return CSP.format(form_action=" ".join(sources))
 
 
 def _refuse_nul() -> None:
@@ -121,7 +135,7 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _headers(response: Response) -> Response:
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("Content-Security-Policy", content_security_policy())
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "same-origin")

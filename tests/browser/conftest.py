@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -26,26 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from aiosmtpd.controller import Controller
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Page,
-    sync_playwright,
-)
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
 
-from tests.conftest import DB_KIND, PG_ADMIN_URL
+from tests.conftest import empty_database
 from tests.serve import spawn_serve, stop
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-gpu",
-]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 TABLET = {"width": 800, "height": 1024}
@@ -124,28 +109,8 @@ def inbox() -> Iterator[tuple[Inbox, int]]:
 @pytest.fixture(scope="session")
 def server_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An empty database of the run's kind; `idp serve` migrates it."""
-    if DB_KIND == "sqlite":
-        folder = tmp_path_factory.mktemp("browser-db")
-        yield f"sqlite:///{folder / 'portcullis.sqlite3'}"
-        return
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"portcullis_browser_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        message = f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with empty_database(tmp_path_factory, "browser") as url:
+        yield url
 
 
 @dataclass
@@ -240,23 +205,6 @@ def server(
 
 
 # --- browser ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        message = f"no Chromium at {CHROMIUM} (./scripts/test installs Debian's)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @dataclass

@@ -42,6 +42,12 @@ PUBLIC_PREFIXES = (
     "/healthz",
     "/readyz",
     "/static/",
+    # Forward-auth: proxies ask without a session of their own; the answer
+    # (401, 403 or 200 with identity) is about the cookie they pass on.
+    "/auth/check",
+    "/auth/forward",
+    "/auth/denied",
+    "/.well-known/jwks.json",
 )
 
 # Answers: a status ("200", "400", ...), "302 <path>" for a redirect to that
@@ -68,6 +74,11 @@ ROUTES: dict[tuple[str, str], Access] = {
     ),
     ("GET", "/healthz"): Access("200", "200", "200"),
     ("GET", "/readyz"): Access("200", "200", "200"),
+    # Asked directly, not by a trusted proxy: the session alone is judged.
+    ("GET", "/auth/check"): Access("401", "200", "200"),
+    ("GET", "/auth/forward"): Access("401", "200", "200"),
+    ("GET", "/auth/denied"): Access("200", "200", "200"),
+    ("GET", "/.well-known/jwks.json"): Access("200", "200", "200"),
     ("GET", "/login"): Access("200", "302 /portal/profile", "302 /portal/profile"),
     ("POST", "/login"): Access(
         "302 /login/password",
@@ -171,6 +182,33 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/portal/users/<user_id>/delete"): Access(
         LOGIN, "403", "302 /portal/users"
     ),
+    ("GET", "/portal/security"): Access(LOGIN, "403", "200"),
+    ("POST", "/portal/security/mfa"): Access(
+        LOGIN, "403", "302 /portal/security", {"mfa_mode": "off"}
+    ),
+    ("POST", "/portal/security/idle-timeout"): Access(
+        LOGIN,
+        "403",
+        "302 /portal/security",
+        {"enabled": "1", "amount": "30", "unit": "minutes"},
+    ),
+    ("POST", "/portal/security/max-sessions"): Access(
+        LOGIN, "403", "302 /portal/security", {"enabled": "1", "limit": "5"}
+    ),
+    ("POST", "/portal/security/relogin"): Access(
+        LOGIN, "403", "302 /portal/security", {"enabled": "1", "days": "7"}
+    ),
+    ("POST", "/portal/security/ip"): Access(LOGIN, "403", "302 /portal/security"),
+    ("POST", "/portal/security/ip/entries"): Access(
+        LOGIN, "403", "302 /portal/security", {"network": "203.0.113.0/24"}
+    ),
+    ("POST", "/portal/security/ip/my-ip"): Access(LOGIN, "403", "302 /portal/security"),
+    ("POST", "/portal/security/ip/<entry_id>/remove"): Access(LOGIN, "403", "404"),
+    ("POST", "/portal/security/domains"): Access(LOGIN, "403", "302 /portal/security"),
+    ("POST", "/portal/security/domains/entries"): Access(
+        LOGIN, "403", "302 /portal/security", {"domain": "example.com"}
+    ),
+    ("POST", "/portal/security/domains/<entry_id>/remove"): Access(LOGIN, "403", "404"),
 }
 
 ADMIN_ONLY_POST_ROUTES = [k for k, v in ROUTES.items() if v.read_only == "403"]
@@ -226,6 +264,7 @@ def fill(rule: str, world: World) -> str:
         "<token>": "x" * 43,
         "<session_id>": str(uuid.uuid4()),
         "<user_id>": str(target.id),
+        "<entry_id>": str(uuid.uuid4()),
     }
     for placeholder, value in values.items():
         rule = rule.replace(placeholder, value)

@@ -12,10 +12,10 @@ from flask import Blueprint, g, redirect, request, url_for
 
 from idp.db import db
 from idp.models import Workspace
-from idp.services import audit
-from idp.services.reasons import message
+from idp.services import audit, sessions
+from idp.services.reasons import SESSION_ENDED, message
 from idp.web.errors import error_page
-from idp.web.requests import context
+from idp.web.requests import context, session_cookie_name
 
 bp = Blueprint("portal", __name__, url_prefix="/portal")
 
@@ -32,6 +32,7 @@ TABS = (
     Tab("portal.profile", "Profile"),
     Tab("portal.privacy_security", "Privacy & security"),
     Tab("portal.users", "Users"),
+    Tab("portal.security", "Security", admin_only=True),
     Tab("portal.audit_logs", "Audit logs"),
 )
 
@@ -48,8 +49,16 @@ def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
             target = target.rstrip("?")
             if refused is not None:
                 expired = f"&reason={refused.decision.reason}"
+            elif g.get("had_session_cookie"):
+                # Ended by an earlier request or by a sign-in elsewhere:
+                # tell the holder why, when the reason is one to tell.
+                token = request.cookies.get(session_cookie_name())
+                reason = sessions.ended_reason(token)
+                expired = (
+                    f"&reason={reason}" if reason in SESSION_ENDED else "&expired=1"
+                )
             else:
-                expired = "&expired=1" if g.get("had_session_cookie") else ""
+                expired = ""
             return redirect(
                 f"{url_for('auth.login')}?rd={quote(target, safe='')}{expired}"
             )
@@ -96,4 +105,4 @@ def index():  # type: ignore[no-untyped-def]
     return redirect(url_for("portal.profile"))
 
 
-from idp.web.portal import audit_logs, privacy, profile, users  # noqa: F401
+from idp.web.portal import audit_logs, privacy, profile, security, users  # noqa: F401
