@@ -247,21 +247,24 @@ def check(
 ) -> Verdict:
     """Run the session, the workspace policy and the route's role rule for
     one request. ``original`` is None when the caller is not a trusted proxy:
-    the session alone is then judged, for the public URL as audience.
-    Nothing is cached but the signed assertion."""
+    without the request it asks about, no host or route rule could apply,
+    so it is refused (a proxy left off gateway.trusted_proxies shows up at
+    once, rather than as apps that ignore their role rules). Nothing is
+    cached but the signed assertion."""
+    if original is None:
+        _record_denial(None, client, None, "proxy_not_trusted")
+        return Verdict("deny", "proxy_not_trusted")
     if isinstance(original, Unreadable):
         # Fail closed: without the request we cannot apply route rules.
         _record_denial(None, client, None, "bad_original_request", original.sent)
         return Verdict("deny", "bad_original_request")
-    if original is not None and original.host not in protected_hosts():
+    if original.host not in protected_hosts():
         # A proxy asking about a host we were not told to protect is a
         # misconfiguration or a forged Host; refuse rather than guess.
         _record_denial(None, client, original, "host_not_protected")
         return Verdict("deny", "host_not_protected")
     target = sessions.Target(
-        host=original.host if original else None,
-        path=original.path if original else None,
-        method=original.method if original else None,
+        host=original.host, path=original.path, method=original.method
     )
     result = sessions.load(token, client, target)
     if result is None:
@@ -273,9 +276,7 @@ def check(
         log.info("gateway.denied reason=%s", reason)
         return Verdict("deny", reason)
     user, workspace, session = result.user, result.workspace, result.session
-    if original is not None and not role_allowed(
-        original.host, original.path, user.role
-    ):
+    if not role_allowed(original.host, original.path, user.role):
         _record_denial(
             Context.for_user(user, client, session),
             client,

@@ -18,6 +18,7 @@ MESSAGES = {
     "mfa_required": "This workspace requires multi-factor authentication, which this version of Portcullis cannot yet ask for at sign-in. Ask an admin of the workspace.",
     "mfa_enrollment_required": "This workspace requires multi-factor authentication and your account has no second factor yet. Setting one up at sign-in is not available in this version of Portcullis; ask an admin of the workspace.",
     "role_not_allowed": "Your role in this workspace does not give access to this page.",
+    "proxy_not_trusted": "This request reached Portcullis through a proxy it does not trust. Ask the operator to add the proxy's address to gateway.trusted_proxies.",
     "host_not_protected": "This site is not one that Portcullis protects. Ask the operator to add it to the protected hosts.",
     "session_limit": "You were signed out because you signed in somewhere else and your workspace limits how many sessions you may have at once.",
     "not_signed_in": "Sign in to continue.",

@@ -62,6 +62,9 @@ class Access:
     admin: str
     # Form fields sent with the POST (the CSRF token is added).
     form: dict[str, str] = field(default_factory=dict)
+    # What a 403 for a Read Only member records in the audit log (an
+    # authz.denied names the member who tried).
+    event: tuple[str, str] = ("authz.denied", "admin_required")
 
 
 NEW_PASSWORD = "a different long passphrase"
@@ -75,8 +78,14 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/healthz"): Access("200", "200", "200"),
     ("GET", "/readyz"): Access("200", "200", "200"),
     # Asked directly, not by a trusted proxy: the session alone is judged.
-    ("GET", "/auth/check"): Access("401", "200", "200"),
-    ("GET", "/auth/forward"): Access("401", "200", "200"),
+    # Asked by a client, not a trusted proxy: refused whoever holds the
+    # session (tests/integration/test_gateway.py asks as a proxy).
+    ("GET", "/auth/check"): Access(
+        "403", "403", "403", event=("gateway.denied", "proxy_not_trusted")
+    ),
+    ("GET", "/auth/forward"): Access(
+        "403", "403", "403", event=("gateway.denied", "proxy_not_trusted")
+    ),
     ("GET", "/auth/denied"): Access("200", "200", "200"),
     ("GET", "/.well-known/jwks.json"): Access("200", "200", "200"),
     ("GET", "/login"): Access("200", "302 /portal/profile", "302 /portal/profile"),
@@ -389,22 +398,16 @@ def test_route_access(app, subtests):
             )
 
             before = snapshot(app)
-            denied = count_events(
-                app, action="authz.denied", actor_id=str(world.reader.id)
-            )
+            action, reason = access.event
+            who = {"action": action, "reason": reason}
+            if action == "authz.denied":
+                who["actor_id"] = str(world.reader.id)
+            denied = count_events(app, **who)
             check_answer(ask(reader, method, path, access.form), access.read_only, path)
             if access.read_only == "403":
                 after = snapshot(app)
                 # One new event, the refusal naming who tried; nothing else.
-                assert (
-                    count_events(
-                        app,
-                        action="authz.denied",
-                        actor_id=str(world.reader.id),
-                        reason="admin_required",
-                    )
-                    == denied + 1
-                )
+                assert count_events(app, **who) == denied + 1
                 assert {k: v for k, v in after.items() if k != "audit"} == {
                     k: v for k, v in before.items() if k != "audit"
                 }
