@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from idp.models import Session, User, Workspace
+from idp.db import db
+from idp.models import Session, User
 from idp.services import audit, sessions
 from idp.services.assertions import Claims, signer
 from idp.services.context import Client, Context
@@ -266,7 +267,7 @@ def check(
     target = sessions.Target(
         host=original.host, path=original.path, method=original.method
     )
-    result = sessions.load(token, client, target)
+    result = sessions.check(token, client, target)
     if result is None:
         return Verdict("sign_in", "not_signed_in", login_url=login_url(original))
     if isinstance(result, sessions.Refused):
@@ -275,8 +276,10 @@ def check(
             return Verdict("sign_in", reason, login_url=login_url(original, reason))
         log.info("gateway.denied reason=%s", reason)
         return Verdict("deny", reason)
-    user, workspace, session = result.user, result.workspace, result.session
-    if not role_allowed(original.host, original.path, user.role):
+    if not role_allowed(original.host, original.path, result.role):
+        user = db.session.get(User, result.user_id)
+        session = db.session.get(Session, result.session_id)
+        assert user is not None and session is not None
         _record_denial(
             Context.for_user(user, client, session),
             client,
@@ -284,31 +287,29 @@ def check(
             "role_not_allowed",
         )
         return Verdict("deny", "role_not_allowed")
-    return Verdict("allow", identity=_identity(user, workspace, session, original))
+    return Verdict("allow", identity=_identity(result, original))
 
 
-def _identity(
-    user: User, workspace: Workspace, session: Session, original: Original | None
-) -> Identity:
-    audience = original.origin if original else settings().public_url
-    name = user.full_name or user.email
+def _identity(checked: sessions.Checked, original: Original) -> Identity:
+    name = checked.full_name or checked.email
+    user_id = str(checked.user_id)
     claims = Claims(
-        session_id=str(session.id),
-        audience=audience,
-        user_id=str(user.id),
-        email=user.email,
+        session_id=str(checked.session_id),
+        audience=original.origin,
+        user_id=user_id,
+        email=checked.email,
         name=name,
-        role=user.role,
-        workspace=workspace.slug,
-        amr=tuple(session.amr or ()),
-        auth_time=int(session.authenticated_at.timestamp()),
+        role=checked.role,
+        workspace=checked.workspace_slug,
+        amr=checked.amr,
+        auth_time=int(checked.authenticated_at.timestamp()),
     )
     return Identity(
-        user_id=str(user.id),
-        email=user.email,
+        user_id=user_id,
+        email=checked.email,
         name=name,
-        role=user.role,
-        workspace=workspace.slug,
+        role=checked.role,
+        workspace=checked.workspace_slug,
         assertion=signer().assertion(claims),
     )
 

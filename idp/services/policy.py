@@ -3,10 +3,10 @@ about a member that the pipeline needs."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import uuid
-from collections.abc import Iterable
 
 import sqlalchemy as sa
 
@@ -22,28 +22,55 @@ def policy_facts(row: SecurityPolicy | None) -> policies.WorkspacePolicy:
     allow-list only when the restriction is on."""
     if row is None:
         return policies.WorkspacePolicy()
-    allowlist = None
-    if row.ip_restriction_enabled:
-        allowlist = _networks(
-            db.session.scalars(
-                sa.select(IpAllowEntry.network).where(
-                    IpAllowEntry.workspace_id == row.workspace_id
-                )
-            )
-        )
-    return policies.WorkspacePolicy(
-        mfa_mode=row.mfa_mode,  # type: ignore[arg-type]
+    return policy_from_values(
+        row.workspace_id,
+        mfa_mode=row.mfa_mode,
         idle_timeout_seconds=row.idle_timeout_seconds,
         max_sessions=row.max_sessions,
         relogin_days=row.relogin_days,
+        ip_restriction_enabled=row.ip_restriction_enabled,
+    )
+
+
+# Built once: the gateway runs it on every check of an allow-listed workspace.
+_ALLOWLIST = sa.select(IpAllowEntry.network).where(
+    IpAllowEntry.workspace_id == sa.bindparam("workspace_id")
+)
+
+
+def policy_from_values(
+    workspace_id: uuid.UUID,
+    *,
+    mfa_mode: str | None,
+    idle_timeout_seconds: int | None,
+    max_sessions: int | None,
+    relogin_days: int | None,
+    ip_restriction_enabled: bool | None,
+) -> policies.WorkspacePolicy:
+    """The same from the policy's columns (a workspace without a policy row
+    has every column None: nothing is on)."""
+    allowlist = None
+    if ip_restriction_enabled:
+        entries = db.session.connection().execute(
+            _ALLOWLIST, {"workspace_id": workspace_id}
+        )
+        allowlist = _networks(tuple(sorted(entry for (entry,) in entries)))
+    return policies.WorkspacePolicy(
+        mfa_mode=mfa_mode or "off",  # type: ignore[arg-type]
+        idle_timeout_seconds=idle_timeout_seconds,
+        max_sessions=max_sessions,
+        relogin_days=relogin_days,
         ip_allowlist=allowlist,
     )
 
 
-def _networks(entries: Iterable[str]) -> tuple[policies.IPNetwork, ...]:
+@functools.lru_cache(maxsize=1024)
+def _networks(entries: tuple[str, ...]) -> tuple[policies.IPNetwork, ...]:
     """The stored entries as ranges. One that no longer parses (written by
     hand, or by an older version) is left out and logged: the list then
-    allows less, never more, and no request fails with a 500 over it."""
+    allows less, never more, and no request fails with a 500 over it.
+    Cached by the entries themselves, so an edited list is parsed afresh
+    and only the parsing, never the list, is remembered."""
     networks: list[policies.IPNetwork] = []
     for entry in entries:
         try:

@@ -16,7 +16,7 @@ from idp.security import new_token, token_digest
 from idp.services import audit
 from idp.services.context import Client, Context
 from idp.services.errors import NotFound
-from idp.services.policy import policy_facts, user_facts
+from idp.services.policy import policy_facts, policy_from_values, user_facts
 from idp.state import settings
 
 # Longest token we will even hash: ours are 43 characters.
@@ -117,15 +117,133 @@ def load(
     session, user, workspace, policy_row = row
     moment = now()
     facts = session_facts(session)
-    lifetime = timedelta(days=settings()["sessions"]["absolute_lifetime_days"])
-    if policies.past_lifetime(facts, moment, lifetime):
+    if _past_lifetime(facts, moment):
         return None
-    target = target or Target()
     policy = policy_facts(policy_row)
-    decision = policies.evaluate(
+    decision = _judge(moment, user_facts(user), facts, policy, client, target)
+    if decision is not None:
+        return _refuse(session, user, workspace, decision, client)
+    _touch(session.id, user.id, session.last_seen_at, moment, policy)
+    return Loaded(session, user, workspace)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A live session that passed every policy, as the gateway's allowed
+    answer needs it: plain values, no ORM objects."""
+
+    session_id: uuid.UUID
+    user_id: uuid.UUID
+    email: str
+    full_name: str
+    role: str
+    workspace_slug: str
+    amr: tuple[str, ...]
+    authenticated_at: datetime
+
+
+# The gateway's one query, built once: columns only, through the
+# connection, so no ORM identity map or statement building on the hot path.
+_CHECK = (
+    sa.select(
+        Session.id,
+        Session.user_id,
+        Session.workspace_id,
+        Session.created_at,
+        Session.authenticated_at,
+        Session.last_seen_at,
+        Session.mfa_at,
+        Session.amr,
+        Session.sso_connection_id,
+        User.email,
+        User.full_name,
+        User.role,
+        User.status,
+        Workspace.slug,
+        SecurityPolicy.mfa_mode,
+        SecurityPolicy.idle_timeout_seconds,
+        SecurityPolicy.max_sessions,
+        SecurityPolicy.relogin_days,
+        SecurityPolicy.ip_restriction_enabled,
+    )
+    .join(User, User.id == Session.user_id)
+    .join(Workspace, Workspace.id == Session.workspace_id)
+    .outerjoin(SecurityPolicy, SecurityPolicy.workspace_id == Session.workspace_id)
+    .where(Session.token_hash == sa.bindparam("digest"), Session.revoked_at.is_(None))
+)
+
+
+def check(
+    token: str | None, client: Client, target: Target
+) -> Checked | Refused | None:
+    """``load`` for the gateway: the same rows, policies and writes, read
+    without the ORM. A refusal, which is rare, loads the objects to record
+    it exactly as ``load`` does."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    row = (
+        db.session.connection().execute(_CHECK, {"digest": token_digest(token)}).first()
+    )
+    if row is None:
+        return None
+    moment = now()
+    facts = policies.SessionFacts(
+        created_at=row.created_at,
+        authenticated_at=row.authenticated_at,
+        last_seen_at=row.last_seen_at,
+        mfa_at=row.mfa_at,
+        amr=tuple(row.amr or ()),
+        via_sso=row.sso_connection_id is not None,
+    )
+    if _past_lifetime(facts, moment):
+        return None
+    policy = policy_from_values(
+        row.workspace_id,
+        mfa_mode=row.mfa_mode,
+        idle_timeout_seconds=row.idle_timeout_seconds,
+        max_sessions=row.max_sessions,
+        relogin_days=row.relogin_days,
+        ip_restriction_enabled=row.ip_restriction_enabled,
+    )
+    user = policies.UserFacts(id=str(row.user_id), role=row.role, status=row.status)
+    decision = _judge(moment, user, facts, policy, client, target)
+    if decision is not None:
+        session = db.session.get(Session, row.id)
+        member = db.session.get(User, row.user_id)
+        workspace = db.session.get(Workspace, row.workspace_id)
+        assert session is not None and member is not None and workspace is not None
+        return _refuse(session, member, workspace, decision, client)
+    _touch(row.id, row.user_id, row.last_seen_at, moment, policy)
+    return Checked(
+        session_id=row.id,
+        user_id=row.user_id,
+        email=row.email,
+        full_name=row.full_name,
+        role=row.role,
+        workspace_slug=row.slug,
+        amr=facts.amr,
+        authenticated_at=row.authenticated_at,
+    )
+
+
+def _past_lifetime(facts: policies.SessionFacts, moment: datetime) -> bool:
+    lifetime = timedelta(days=settings()["sessions"]["absolute_lifetime_days"])
+    return policies.past_lifetime(facts, moment, lifetime)
+
+
+def _judge(
+    moment: datetime,
+    user: policies.UserFacts | None,
+    facts: policies.SessionFacts,
+    policy: policies.WorkspacePolicy,
+    client: Client,
+    target: Target | None,
+) -> policies.Decision | None:
+    target = target or Target()
+    return policies.evaluate(
         policies.PolicyContext(
             now=moment,
-            user=user_facts(user),
+            user=user,
             stage="check",
             session=facts,
             client_ip=client.ip,
@@ -135,23 +253,29 @@ def load(
             policy=policy,
         )
     )
-    if decision is not None:
-        return _refuse(session, user, workspace, decision, client)
-    if (moment - session.last_seen_at).total_seconds() >= last_seen_interval(policy):
-        # Conditional, so two parallel requests write once and a revocation
-        # committed meanwhile is never undone.
-        db.session.execute(
-            sa.update(Session)
-            .where(
-                Session.id == session.id, Session.last_seen_at == session.last_seen_at
-            )
-            .values(last_seen_at=moment)
-        )
-        db.session.execute(
-            sa.update(User).where(User.id == user.id).values(last_seen_at=moment)
-        )
-        db.session.commit()
-    return Loaded(session, user, workspace)
+
+
+def _touch(
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    last_seen_at: datetime,
+    moment: datetime,
+    policy: policies.WorkspacePolicy,
+) -> None:
+    """Move last-seen forward when it is an interval old."""
+    if (moment - last_seen_at).total_seconds() < last_seen_interval(policy):
+        return
+    # Conditional, so two parallel requests write once and a revocation
+    # committed meanwhile is never undone.
+    db.session.execute(
+        sa.update(Session)
+        .where(Session.id == session_id, Session.last_seen_at == last_seen_at)
+        .values(last_seen_at=moment)
+    )
+    db.session.execute(
+        sa.update(User).where(User.id == user_id).values(last_seen_at=moment)
+    )
+    db.session.commit()
 
 
 def last_seen_interval(policy: policies.WorkspacePolicy) -> int:

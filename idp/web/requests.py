@@ -3,6 +3,7 @@ headers every answer carries."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -86,11 +87,14 @@ def content_security_policy() -> str:
     """Our CSP. Browsers apply form-action to the redirect that answers a
     form too, so the sign-in forms may lead to the protected hosts, where
     the person was going; to nowhere else."""
-    schemes = ("https",) if settings().public_scheme == "https" else ("http", "https")
+    return _csp(settings().public_scheme, frozenset(protected_hosts()))
+
+
+@functools.lru_cache(maxsize=8)
+def _csp(public_scheme: str, hosts: frozenset[str]) -> str:
+    schemes = ("https",) if public_scheme == "https" else ("http", "https")
     sources = ["'self'"] + [
-        f"{scheme}://{host}:*"
-        for host in sorted(protected_hosts())
-        for scheme in schemes
+        f"{scheme}://{host}:*" for host in sorted(hosts) for scheme in schemes
     ]
     return CSP.format(form_action=" ".join(sources))
 

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlencode
 
 import pytest
@@ -306,7 +307,9 @@ def wrk(url: str, headers: dict[str, str], seconds: int = SECONDS) -> Load:
     out = subprocess.run(
         [*command, url], capture_output=True, text=True, check=True
     ).stdout
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
+    if not {"50", "99"} <= percentiles.keys():
+        raise AssertionError(f"no latency distribution from wrk:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return Load(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -394,7 +397,7 @@ class Storm:
         self.counter = itertools.count(1)
         self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
 
-    def __enter__(self) -> Storm:
+    def __enter__(self) -> Self:
         for thread in self.threads:
             thread.start()
         return self
