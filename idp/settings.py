@@ -202,8 +202,21 @@ def _validate(values: dict[str, Any]) -> None:
                 f"gateway.trusted_proxies: {entry!r} is not an address or range"
             ) from exc
     _validate_routes(values)
+    _validate_cookie_domain(values)
     if values["log"]["format"] not in ("text", "json"):
         raise SettingsError('log.format must be "text" or "json"')
+
+
+def _validate_cookie_domain(values: dict[str, Any]) -> None:
+    """A cookie for a domain that does not hold the public host is dropped
+    by every browser: nobody could ever stay signed in."""
+    domain = values["sessions"]["cookie_domain"].lower().strip(".")
+    public_host = (urlsplit(values["public_url"]).hostname or "").lower()
+    if domain and public_host != domain and not public_host.endswith("." + domain):
+        raise SettingsError(
+            f"sessions.cookie_domain {domain} must be the public URL's host "
+            f"({public_host}) or a domain above it"
+        )
 
 
 def _overlaps_own(path: str) -> bool:

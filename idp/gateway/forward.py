@@ -53,6 +53,11 @@ ORIGINAL_HEADERS = (
 )
 
 
+def is_check() -> bool:
+    """Whether this request is one of the gateway's (no rate limit applies)."""
+    return request.blueprint == "gateway"
+
+
 def _from_trusted_proxy() -> bool:
     if is_trusted(parse_address(request.remote_addr), state().trusted_proxies):
         return True

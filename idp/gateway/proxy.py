@@ -257,8 +257,8 @@ class ReverseProxy:
             return _answer(_page(400), exchange)
         # The upstream is chosen by the path as sent; the check applies the
         # role rule of every route that any reading of the path falls under.
-        route = gateway.route_for(raw.host, raw.path)
-        if route is None or not route["upstream"]:
+        route = gateway.route_for(raw.host, raw.path, with_upstream=True)
+        if route is None:
             return None
         exchange.label = route["host"] + route["path"]
         if "websocket" in _tokens(environ.get("HTTP_UPGRADE", "")):

@@ -14,7 +14,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from idp.db import db
 from idp.models import Session, User
-from idp.services import audit, sessions
+from idp.services import audit, reasons, sessions
 from idp.services.assertions import Claims, signer
 from idp.services.context import Client, Context
 from idp.services.returnurl import protected_hosts, safe_return_url
@@ -175,11 +175,18 @@ def _covers(prefix: str, path: str) -> bool:
     return stem == "" or path == stem or path.startswith(stem + "/")
 
 
-def route_for(host: str, path: str) -> dict[str, Any] | None:
-    """The configured route with the longest path prefix for this request."""
+def route_for(
+    host: str, path: str, *, with_upstream: bool = False
+) -> dict[str, Any] | None:
+    """The configured route with the longest path prefix for this request;
+    ``with_upstream``: among the routes the built-in proxy forwards, so a
+    role-only route (an admin-only /admin) does not hide the app's upstream
+    from the paths beneath it."""
     best = None
     for route in settings()["gateway"]["routes"]:
         if route["host"] != host or not _covers(route["path"], path):
+            continue
+        if with_upstream and not route["upstream"]:
             continue
         if best is None or len(route["path"].rstrip("/")) > len(
             best["path"].rstrip("/")
@@ -269,6 +276,12 @@ def check(
     )
     result = sessions.check(token, client, target)
     if result is None:
+        # A session a policy ended earlier (an idle timeout seen by the
+        # portal, a sign-in elsewhere past the limit): the sign-in page says
+        # why, as it does for the portal.
+        ended = sessions.ended_reason(token)
+        if ended in reasons.SESSION_ENDED:
+            return Verdict("sign_in", ended, login_url=login_url(original, ended))
         return Verdict("sign_in", "not_signed_in", login_url=login_url(original))
     if isinstance(result, sessions.Refused):
         reason = result.decision.reason

@@ -480,13 +480,44 @@ def test_gw_3_idle_timeout_ends_the_session_once_and_says_why(app, world, clock)
     assert [(e.reason, e.actor_label) for e in ended] == [
         ("idle_timeout", "ann@example.com")
     ]
-    # Ended now: the next request is a plain 401, not audited again.
+    # Ended now: the next request still says why, and is not audited again.
     again = caddy(app, token=stale)
     assert again.status_code == 302
-    assert "reason=" not in again.headers["Location"]
+    assert again.headers["Location"] == login_location(
+        f"{APP}/dashboard", "idle_timeout"
+    )
     assert len(audit_events(app, "session.ended")) == 1
     # The session seen at 599 s is still within its timeout.
     assert nginx(app, token=fresh).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "reason,told",
+    [("session_limit", True), ("logout", False), ("admin_revoked", False)],
+)
+def test_a_session_ended_elsewhere_is_explained_at_the_gateway(
+    app, world, reason, told
+):
+    """Ended by a sign-in past the session limit (or a policy the portal
+    saw first), the person reads why on the sign-in page; a sign-out or an
+    admin's revocation is a plain sign-in."""
+    from idp.models import Session
+    from idp.security import token_digest
+    from idp.services import sessions
+
+    _, admin, _ = world
+    token = issue(app, admin)
+    with app.app_context():
+        sessions.revoke_where(Session.token_hash == token_digest(token), reason=reason)
+        db.session.commit()
+    response = nginx(app, token=token)
+    assert response.status_code == 401
+    no_identity(response)
+    expected = reason if told else "not_signed_in"
+    assert response.headers["X-Portcullis-Reason"] == expected
+    assert response.headers["Location"] == login_location(
+        f"{APP}/dashboard", reason if told else None
+    )
 
 
 def test_gw_3_token_of_a_deleted_user(app, world):

@@ -58,3 +58,23 @@ def test_unknown_key_in_file_stops_start_up(tmp_path):
 def test_bad_values_are_refused(env):
     with pytest.raises(SettingsError):
         load_settings(environ=env)
+
+
+@pytest.mark.parametrize(
+    "public_url,domain,ok",
+    [
+        ("https://auth.example.com", "example.com", True),
+        ("https://auth.example.com", ".example.com", True),
+        ("https://auth.example.com", "auth.example.com", True),
+        ("https://auth.example.com", "other.com", False),
+        ("https://auth.example.com", "ample.com", False),
+        ("https://example.com", "auth.example.com", False),
+    ],
+)
+def test_cookie_domain_must_hold_the_public_host(public_url, domain, ok):
+    environ = {"IDP_PUBLIC_URL": public_url, "IDP_SESSIONS__COOKIE_DOMAIN": domain}
+    if ok:
+        load_settings(environ=environ)
+        return
+    with pytest.raises(SettingsError, match="sessions.cookie_domain"):
+        load_settings(environ=environ)
