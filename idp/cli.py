@@ -10,6 +10,10 @@ from importlib import resources
 
 from idp.settings import SettingsError, load_settings
 
+# security_policy.MFA_MODES, spelled out so that building the parser imports
+# no database code; a test keeps the two equal.
+MFA_MODES = ("off", "force", "force_except_sso")
+
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"idp: {message}", file=sys.stderr)
@@ -63,6 +67,91 @@ def cmd_workspace_create(args: argparse.Namespace) -> int:
     with _app().app_context():
         workspace = create_workspace(Context.operator(), args.name)
         print(workspace.slug)
+    return 0
+
+
+def _printable(text: str) -> str:
+    """Text from the database as one terminal-safe line: control and
+    formatting characters (escape sequences, bidi overrides) are escaped."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode() for c in text
+    )
+
+
+def _security_lines(workspace) -> list[str]:  # type: ignore[no-untyped-def]
+    from idp.services import security_policy
+
+    def limit(value: int | None) -> str:
+        return "off" if value is None else str(value)
+
+    def on_off(enabled: bool) -> str:
+        return "on" if enabled else "off"
+
+    policy = security_policy.current_policy(workspace)
+    idle = "off"
+    if policy.idle_timeout_seconds is not None:
+        duration = security_policy.as_duration(policy.idle_timeout_seconds)
+        unit = duration.unit[:-1] if duration.amount == 1 else duration.unit
+        idle = f"{duration.amount} {unit}"
+    lines = [
+        f"workspace: {_printable(workspace.slug)}",
+        f"name: {_printable(workspace.name)}",
+        f"mfa: {policy.mfa_mode}",
+        f"idle timeout: {idle}",
+        f"max sessions: {limit(policy.max_sessions)}",
+        f"re-login days: {limit(policy.relogin_days)}",
+        f"ip restriction: {on_off(policy.ip_restriction_enabled)}",
+    ]
+    ips = security_policy.ip_entries(workspace)
+    for ip in ips:
+        note = f"  {_printable(ip.description)}" if ip.description else ""
+        lines.append(f"ip allow: {ip.network}{note}")
+    if not ips:
+        lines.append("ip allow: (none)")
+    lines.append(f"domain restriction: {on_off(policy.domain_restriction_enabled)}")
+    domains = security_policy.domain_entries(workspace)
+    for entry in domains:
+        under = "  and subdomains" if entry.include_subdomains else ""
+        lines.append(f"domain allow: {_printable(entry.domain)}{under}")
+    if not domains:
+        lines.append("domain allow: (none)")
+    return lines
+
+
+def cmd_workspace_security(args: argparse.Namespace) -> int:
+    """Show a workspace's security policy, or switch off what locks members
+    out: the operator's break-glass when no admin can sign in."""
+    from idp.services import security_policy
+    from idp.services.context import Context
+    from idp.services.errors import NotFound
+    from idp.services.workspaces import get_workspace
+
+    with _app().app_context():
+        try:
+            workspace = get_workspace(args.slug)
+        except NotFound as exc:
+            return _fail(exc.message)
+        ctx = Context.operator()
+        policy = security_policy.current_policy(workspace)
+        changes = []
+        if args.mfa is not None:
+            old = policy.mfa_mode
+            security_policy.set_mfa_mode(ctx, workspace, args.mfa)
+            changes.append(("mfa", old, args.mfa))
+        if args.ip_restriction is not None:
+            old = "on" if policy.ip_restriction_enabled else "off"
+            security_policy.set_ip_restriction(ctx, workspace, False)
+            changes.append(("ip restriction", old, "off"))
+        if args.domain_restriction is not None:
+            old = "on" if policy.domain_restriction_enabled else "off"
+            security_policy.set_domain_restriction(ctx, workspace, False)
+            changes.append(("domain restriction", old, "off"))
+        if not changes:
+            print("\n".join(_security_lines(workspace)))
+        for key, old, new in changes:
+            print(
+                f"{key}: {old} -> {new}" if old != new else f"{key}: {new} (unchanged)"
+            )
     return 0
 
 
@@ -244,6 +333,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = ws.add_parser("create", help="create a workspace and print its slug")
     p.add_argument("name")
     p.set_defaults(func=cmd_workspace_create)
+    p = ws.add_parser(
+        "security",
+        help="show the security policy, or turn off what locks members out",
+        description="Without options, print the workspace's security policy. "
+        "Each option changes one setting as the operator, audited with its old "
+        "and new value.",
+    )
+    p.add_argument("slug", metavar="SLUG")
+    p.add_argument("--mfa", choices=MFA_MODES, help="set Force MFA")
+    p.add_argument(
+        "--ip-restriction", choices=["off"], help="turn the IP allow-list off"
+    )
+    p.add_argument(
+        "--domain-restriction",
+        choices=["off"],
+        help="turn the email-domain allow-list off",
+    )
+    p.set_defaults(func=cmd_workspace_security)
 
     adm = sub.add_parser("admin", help="manage admins").add_subparsers(
         dest="action", required=True, metavar="ACTION"
