@@ -131,3 +131,73 @@ def test_common_list_is_shipped_and_large():
     words = common_passwords()
     assert len(words) > 10_000
     assert "password" in words and "12345678" in words
+
+
+def test_hashes_run_on_threads_of_lower_priority():
+    """A storm of sign-ins must leave the CPU to the gateway's checks: each
+    hash runs on a thread whose nice value is HASH_NICENESS above ours."""
+    import os
+
+    from idp.services.passwords import HASH_NICENESS
+
+    pw = service()
+    seen: list[tuple[int, int]] = []
+
+    class Recording:
+        def __init__(self, inner: PasswordHasher) -> None:
+            self.inner = inner
+
+        def hash(self, password: str) -> str:
+            native = threading.get_native_id()
+            seen.append((native, os.getpriority(os.PRIO_PROCESS, native)))
+            return self.inner.hash(password)
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.inner, name)
+
+    pw.hasher = Recording(pw.hasher)  # type: ignore[assignment]
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    pw.check_new("a fine long passphrase")
+    stored = pw.hash("a fine long passphrase")
+
+    assert pw.verify(stored, "a fine long passphrase") == (True, False)
+    ((thread, niceness),) = seen
+    assert thread != threading.get_native_id()
+    assert niceness == min(19, ours + HASH_NICENESS)
+
+
+def test_only_as_many_sign_ins_wait_as_there_are_slots():
+    """Past the slots and as many waiting, a hash is refused at once rather
+    than holding one more request thread for hash_wait_seconds."""
+    pw = service(concurrency=1, wait_seconds=30)
+    holding = threading.Event()
+    release = threading.Event()
+    outcomes: list[str] = []
+
+    def hold() -> None:
+        with pw._slot():
+            holding.set()
+            release.wait(30)
+
+    def wait_for_slot() -> None:
+        pw.hash("a fine long passphrase")
+        outcomes.append("hashed")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    waiter = threading.Thread(target=wait_for_slot)
+    waiter.start()
+    try:
+        # The waiter takes the one place in the queue, eventually.
+        for _ in range(500):
+            if pw._queue._value == 0:  # type: ignore[attr-defined]
+                break
+            threading.Event().wait(0.01)
+        with pytest.raises(Busy):
+            pw.hash("a fine long passphrase")
+    finally:
+        release.set()
+        holder.join()
+        waiter.join()
+    assert outcomes == ["hashed"]
