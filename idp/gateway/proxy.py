@@ -87,6 +87,7 @@ PATH_SAFE = "/!$&'()*+,;=:@"
 
 PAGES = {
     400: ("Invalid request", "The address of this request is not valid."),
+    404: ("Not found", "Nothing is served at this address."),
     411: ("Length required", "A request body needs a length or chunked framing."),
     501: (
         "WebSocket not supported",
@@ -259,7 +260,11 @@ class ReverseProxy:
         # role rule of every route that any reading of the path falls under.
         route = gateway.route_for(raw.host, raw.path, with_upstream=True)
         if route is None:
-            return None
+            if raw.host == settings().public_host.lower():
+                return None
+            # Our pages never load under an app's origin, where the app's
+            # own scripts could read them (and their form tokens).
+            return _answer(_page(404), exchange)
         exchange.label = route["host"] + route["path"]
         if "websocket" in _tokens(environ.get("HTTP_UPGRADE", "")):
             return _answer(_page(501), exchange)
@@ -518,7 +523,13 @@ def _downstream_headers(received: Any) -> list[tuple[str, str]]:
         if name.lower() not in HOP_BY_HOP
         and name.lower() not in named
         and not name.lower().startswith("proxy-")
+        and not (name.lower() == "set-cookie" and _sets_our_cookie(value))
     ]
+
+
+def _sets_our_cookie(value: str) -> bool:
+    """An upstream may not set a session of its choosing (fixation)."""
+    return value.partition("=")[0].strip() in OWN_COOKIES
 
 
 def _chunked(environ: WSGIEnvironment) -> bool:

@@ -92,7 +92,9 @@ class Original:
         if not METHOD.fullmatch(method):
             return None
         url = _as_sent(url)
-        if url is None:
+        # No browser sends a fragment; one in the request line would hide
+        # the rest of the path from us and not from the app.
+        if url is None or "#" in url:
             return None
         try:
             parts = urlsplit(url)
@@ -208,30 +210,50 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(kept)
 
 
-def readings(path: str) -> set[str]:
-    """The ways an upstream may read ``path``: as sent, percent-decoded (up
-    to three times), with backslashes as slashes, repeated slashes merged,
-    dot segments resolved and ``;parameters`` dropped. Servers differ on
-    each of these, so a role rule must hold for every reading."""
-    forms = [path]
-    for _ in range(3):
-        decoded = unquote(forms[-1])
-        if decoded == forms[-1]:
-            break
-        forms.append(decoded)
-    found = set()
-    for form in forms:
-        slashed = re.sub(r"/+", "/", "/" + form.replace("\\", "/"))
-        for variant in (form, slashed, _remove_dot_segments(slashed)):
-            found.add(variant)
-            found.add("/".join(part.partition(";")[0] for part in variant.split("/")))
+# Past this many readings a path is built to exhaust us, not to be served.
+MAX_READINGS = 512
+
+
+def _readings_of(path: str) -> tuple[str, ...]:
+    """One step of each rewrite a server may apply before routing. Each
+    keeps the leading slash and none makes a path longer, so applying them
+    until nothing changes ends."""
+    return (
+        unquote(path),
+        path.replace("\\", "/"),
+        re.sub(r"/+", "/", path),
+        _remove_dot_segments(path),
+        "/".join(part.partition(";")[0] for part in path.split("/")),
+    )
+
+
+def readings(path: str) -> set[str] | None:
+    """The ways an upstream may read ``path``: every result of applying, in
+    any order and as often as they change it, percent-decoding, backslashes
+    as slashes, merged slashes, resolved dot segments and dropped
+    ``;parameters``. Servers differ on each of these and on their order
+    (a servlet container drops /..;/ parameters and then resolves the dots),
+    so a role rule must hold for every reading. None when the readings
+    multiply past MAX_READINGS."""
+    found = {path}
+    todo = [path]
+    while todo:
+        for reading in _readings_of(todo.pop()):
+            if reading not in found:
+                found.add(reading)
+                todo.append(reading)
+                if len(found) > MAX_READINGS:
+                    return None
     return found
 
 
 def role_allowed(host: str, path: str, role: str) -> bool:
     """Whether ``role`` passes every route rule that any reading of the path
     falls under."""
-    for reading in readings(path):
+    every = readings(path)
+    if every is None:
+        return False
+    for reading in every:
         route = route_for(host, reading)
         if route is not None and role not in route["roles"]:
             return False

@@ -160,6 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Location", "/elsewhere?from=upstream")
         self.send_header("Set-Cookie", "app_a=1; Path=/; HttpOnly")
         self.send_header("Set-Cookie", "app_b=2; Path=/")
+        # An app trying to plant a session of its choosing (fixation).
+        self.send_header("Set-Cookie", "portcullis_session=planted; Path=/")
+        self.send_header("Set-Cookie", "__Host-portcullis_flow=planted; Path=/")
         self.send_header("Keep-Alive", "timeout=5")
         self.send_header("Connection", "X-Hop-Secret")
         self.send_header("X-Hop-Secret", "hop")
@@ -421,6 +424,7 @@ def test_upstream_answer_passes_back_without_hop_by_hop(app, workspace, upstream
 
     assert response.status_code == 302
     assert response.headers["Location"] == "/elsewhere?from=upstream"
+    # The app's own cookies pass; ours, which it may not set, do not.
     assert response.headers.getlist("Set-Cookie") == [
         "app_a=1; Path=/; HttpOnly",
         "app_b=2; Path=/",
