@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import logging
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -38,6 +39,18 @@ _ALLOWLIST = sa.select(IpAllowEntry.network).where(
 )
 
 
+def allow_entries_of(workspace_id: Any) -> sa.ScalarSelect[str]:
+    """The workspace's allow-list as one column, entries joined by newlines
+    (no entry holds one), for a query that reads the policy with it."""
+    return (
+        sa.select(
+            sa.func.coalesce(sa.func.aggregate_strings(IpAllowEntry.network, "\n"), "")
+        )
+        .where(IpAllowEntry.workspace_id == workspace_id)
+        .scalar_subquery()
+    )
+
+
 def policy_from_values(
     workspace_id: uuid.UUID,
     *,
@@ -46,15 +59,23 @@ def policy_from_values(
     max_sessions: int | None,
     relogin_days: int | None,
     ip_restriction_enabled: bool | None,
+    allow_entries: str | None = None,
 ) -> policies.WorkspacePolicy:
     """The same from the policy's columns (a workspace without a policy row
-    has every column None: nothing is on)."""
+    has every column None: nothing is on). ``allow_entries``: the allow-list
+    already read with them, one entry per line (``allow_entries_of``)."""
     allowlist = None
     if ip_restriction_enabled:
-        entries = db.session.connection().execute(
-            _ALLOWLIST, {"workspace_id": workspace_id}
-        )
-        allowlist = _networks(tuple(sorted(entry for (entry,) in entries)))
+        if allow_entries is not None:
+            entries = allow_entries.split("\n") if allow_entries else []
+        else:
+            entries = [
+                entry
+                for (entry,) in db.session.connection().execute(
+                    _ALLOWLIST, {"workspace_id": workspace_id}
+                )
+            ]
+        allowlist = _networks(tuple(sorted(entries)))
     return policies.WorkspacePolicy(
         mfa_mode=mfa_mode or "off",  # type: ignore[arg-type]
         idle_timeout_seconds=idle_timeout_seconds,

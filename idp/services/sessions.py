@@ -16,7 +16,12 @@ from idp.security import new_token, token_digest
 from idp.services import audit
 from idp.services.context import Client, Context
 from idp.services.errors import NotFound
-from idp.services.policy import policy_facts, policy_from_values, user_facts
+from idp.services.policy import (
+    allow_entries_of,
+    policy_facts,
+    policy_from_values,
+    user_facts,
+)
 from idp.state import settings
 
 # Longest token we will even hash: ours are 43 characters.
@@ -165,6 +170,7 @@ _CHECK = (
         SecurityPolicy.max_sessions,
         SecurityPolicy.relogin_days,
         SecurityPolicy.ip_restriction_enabled,
+        allow_entries_of(Session.workspace_id).label("allow_entries"),
     )
     .join(User, User.id == Session.user_id)
     .join(Workspace, Workspace.id == Session.workspace_id)
@@ -204,6 +210,7 @@ def check(
         max_sessions=row.max_sessions,
         relogin_days=row.relogin_days,
         ip_restriction_enabled=row.ip_restriction_enabled,
+        allow_entries=row.allow_entries,
     )
     user = policies.UserFacts(id=str(row.user_id), role=row.role, status=row.status)
     decision = _judge(moment, user, facts, policy, client, target)
