@@ -3,6 +3,8 @@ forms, over urllib."""
 
 from __future__ import annotations
 
+import functools
+import http.client
 import http.cookiejar
 import urllib.error
 import urllib.parse
@@ -35,16 +37,34 @@ class _Stay(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class _From(urllib.request.HTTPHandler):
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connect = functools.partial(
+            http.client.HTTPConnection, source_address=(self.source, 0)
+        )
+        return self.do_open(connect, req)
+
+
 class Client:
     """A browser as far as cookies, redirects and forms go. Cookies are not
     port-specific, so one signed in at Portcullis is signed in at every
     proxy on localhost, as with a parent-domain cookie in production."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str | None = None) -> None:
+        """``source``: the loopback address to connect from (127.0.0.2, say),
+        so that a proxy sees a client that is not a trusted proxy."""
         self.jar = http.cookiejar.CookieJar()
-        cookies = urllib.request.HTTPCookieProcessor(self.jar)
-        self._follow = urllib.request.build_opener(cookies)
-        self._stay = urllib.request.build_opener(cookies, _Stay())
+        handlers: list[urllib.request.BaseHandler] = [
+            urllib.request.HTTPCookieProcessor(self.jar)
+        ]
+        if source is not None:
+            handlers.append(_From(source))
+        self._follow = urllib.request.build_opener(*handlers)
+        self._stay = urllib.request.build_opener(*handlers, _Stay())
 
     def get(
         self, url: str, headers: dict[str, str] | None = None, *, follow: bool = True

@@ -54,6 +54,10 @@ FORGED_IDENTITY = {
     "X-Auth-Assertion": "eyJhbGciOiJub25lIn0.e30.",
     "X-Auth-Groups": "admins",
     "X-Forwarded-For": "203.0.113.9",
+    "X-Real-IP": "203.0.113.9",
+    "Forwarded": "for=203.0.113.9;host=evil.test;proto=https",
+    "X-Forwarded-Prefix": "/evil",
+    "X-Host": "evil.test",
 }
 
 

@@ -217,12 +217,63 @@ def test_signed_in_app_sees_our_identity_never_the_clients(
     assert seen.assertion_error is None
     # The proxy is the edge: the client's own address claims are replaced.
     assert seen.one("X-Forwarded-For") == "127.0.0.1"
-    for name in ("X-Original-URL", "X-Rewrite-URL", "X-Forwarded-Uri"):
+    assert seen.all("X-Real-IP") in ([], ["127.0.0.1"])
+    for name in (
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Forwarded-Uri",
+        "X-Forwarded-Prefix",
+        "X-Host",
+        "Forwarded",
+    ):
         assert seen.all(name) == [], name
     if proxy.strips_every_auth_header:
         assert seen.auth_header_names() == set(IDENTITY_HEADERS)
     else:
         assert seen.auth_header_names() >= set(IDENTITY_HEADERS)
+
+
+def set_ip_restriction(portcullis: Portcullis, admin: Member, on: bool) -> None:
+    """The admin's *IP restrictions* switch, through the portal. The admin
+    talks to Portcullis directly from 127.0.0.1, which the list holds."""
+    url = f"{portcullis.url}/portal/security"
+    token = CSRF_RE.search(admin.client.get(url).body)
+    assert token
+    fields = {"csrf_token": token.group(1)}
+    if on:
+        admin.client.post(f"{url}/ip/entries", {**fields, "network": "127.0.0.1/32"})
+        fields["enabled"] = "1"
+    page = admin.client.post(f"{url}/ip", fields)
+    assert (page.status, urlsplit(page.url).query) == (200, "saved=ip-restrictions")
+
+
+def test_gw_2_a_client_cannot_claim_an_allowed_address_through_the_proxy(
+    proxy: Proxy, portcullis: Portcullis, admin: Member, reader: Member
+) -> None:
+    """GW-2 through the shipped configurations: the allow-list holds
+    127.0.0.1, and a client connecting from 127.0.0.2 claims to be
+    127.0.0.1 in every header a proxy or framework might read."""
+    token = reader.client.cookie("portcullis_session")
+    claims = {
+        "X-Forwarded-For": "127.0.0.1",
+        "X-Real-IP": "127.0.0.1",
+        "Forwarded": "for=127.0.0.1",
+        "Cookie": f"portcullis_session={token}",
+        "Accept": JSON,
+    }
+    set_ip_restriction(portcullis, admin, on=True)
+    try:
+        outside = Client(source="127.0.0.2").get(proxy.url("/"), claims)
+        inside = Client().get(
+            proxy.url("/"), {**claims, "X-Forwarded-For": "203.0.113.9"}
+        )
+    finally:
+        set_ip_restriction(portcullis, admin, on=False)
+
+    assert outside.status == 403
+    assert outside.identity_headers() == []
+    assert inside.status == 200
+    assert [seen.one("X-Forwarded-For") for seen in proxy.app.seen] == ["127.0.0.1"]
 
 
 def test_role_rule_holds_whatever_the_client_says_it_asked_for(

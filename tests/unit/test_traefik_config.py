@@ -91,7 +91,13 @@ def test_every_router_strips_client_identity_headers_before_the_check(
             if value == ""
         }
         assert set(IDENTITY_HEADERS) <= removed
-        assert {"X-Original-URL", "X-Rewrite-URL"} <= removed
+        assert {
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "X-Forwarded-Prefix",
+            "X-Host",
+            "Forwarded",
+        } <= removed
 
 
 def test_routers_send_to_a_service_that_exists(http: dict[str, Any]) -> None:
