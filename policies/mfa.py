@@ -11,16 +11,17 @@ from __future__ import annotations
 from policies.context import PolicyContext
 from policies.decision import Decision
 
-# RFC 8176 methods that prove a second factor by themselves: a passkey used
-# with user verification is something you have plus something you are/know.
-MULTI_FACTOR_AMR = frozenset({"mfa", "otp", "hwk", "swk"})
-
 
 def session_has_mfa(ctx: PolicyContext) -> bool:
+    """Whether the session proved a second factor: its MFA time, which the
+    sign-in sets after an MFA step or a passkey used with user
+    verification, and nothing else. The methods (amr) only describe the
+    sign-in: a session that lists a key or a code but has no MFA time was
+    never checked for a second factor, so it does not count."""
     session = ctx.session
     if session is None:
         return False
-    if session.mfa_at is not None or MULTI_FACTOR_AMR.intersection(session.amr):
+    if session.mfa_at is not None:
         return True
     return ctx.policy.mfa_mode == "force_except_sso" and session.via_sso
 

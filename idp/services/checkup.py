@@ -32,7 +32,6 @@ from idp.services.permissions import require_admin
 from idp.services.security_policy import current_policy
 from idp.services.sessions import session_facts
 from idp.state import settings
-from policies.mfa import MULTI_FACTOR_AMR
 
 INACTIVE_AFTER = timedelta(days=90)
 STALE_INVITATION_AFTER = timedelta(days=30)
@@ -211,14 +210,8 @@ def _session_rules(
         cutoff = moment - timedelta(days=policy.relogin_days)
         rules["relogin"] = Session.authenticated_at <= cutoff
     if policy.mfa_mode != "off":
-        # amr is a JSON list of RFC 8176 codes that only we write; matching
-        # a code with its quotes is exact, and works on SQLite and
-        # PostgreSQL alike, where JSON functions differ.
-        amr = sa.cast(Session.amr, sa.Text)
-        conditions = [
-            Session.mfa_at.is_(None),
-            *(sa.not_(amr.contains(f'"{code}"')) for code in MULTI_FACTOR_AMR),
-        ]
+        # As policies.mfa.session_has_mfa: the MFA time alone counts.
+        conditions = [Session.mfa_at.is_(None)]
         if policy.mfa_mode == "force_except_sso":
             conditions.append(Session.sso_connection_id.is_(None))
         rules["mfa"] = sa.and_(*conditions)
