@@ -131,10 +131,8 @@ def create_app(
     app.register_blueprint(forward.bp)
     forward.init_app(app)
     app.extensions["idp_signer"] = Signer(keys)
-    app.extensions["idp_limiter"] = limits.init_app(app, settings)
-    # No limit applies to the checks: Flask-Limiter's filter skips its
-    # lookup of limits for them.
-    app.extensions["idp_limiter"].request_filter(forward.is_check)
+    # No limit applies to the checks, which skip the limiter altogether.
+    app.extensions["idp_limiter"] = limits.init_app(app, settings, forward.is_check)
     from idp.gateway import proxy
 
     # Outermost: proxied requests never reach Flask's body limit or hooks.

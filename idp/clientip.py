@@ -3,6 +3,7 @@ X-Forwarded-For when the peer is a trusted proxy."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -14,8 +15,10 @@ def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str | None) -> IPAddress | None:
-    """An address in canonical form (IPv4-mapped IPv6 as IPv4), or None."""
+    """An address in canonical form (IPv4-mapped IPv6 as IPv4), or None.
+    Cached: every request parses its peer, and addresses are immutable."""
     if not text:
         return None
     text = text.strip()

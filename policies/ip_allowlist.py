@@ -3,6 +3,7 @@ on the list (GW-2: "client unknown" denies, it does not skip the policy)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -14,6 +15,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
+# Every check asks about the same few clients; addresses are immutable.
+@functools.lru_cache(maxsize=4096)
 def _address(text: str | None) -> IPAddress | None:
     if not text:
         return None

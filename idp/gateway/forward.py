@@ -16,6 +16,7 @@ import logging
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 
 from idp.clientip import is_trusted, parse_address
 from idp.services import gateway, reasons
@@ -43,6 +44,10 @@ HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 CHECK_METHODS = ["GET", "HEAD"]
 
 
+CHECK_PATH = "/auth/check"
+FORWARD_PATH = "/auth/forward"
+CHECK_PATHS = frozenset({CHECK_PATH, FORWARD_PATH})
+
 # What a proxy sends to name the request it asks about.
 ORIGINAL_HEADERS = (
     "X-Original-URL",
@@ -54,8 +59,9 @@ ORIGINAL_HEADERS = (
 
 
 def is_check() -> bool:
-    """Whether this request is one of the gateway's (no rate limit applies)."""
-    return request.blueprint == "gateway"
+    """Whether this request is one of the two checks, which no rate limit
+    applies to. By path, so that it can be asked before routing."""
+    return request.path in CHECK_PATHS
 
 
 def _from_trusted_proxy() -> bool:
@@ -159,7 +165,7 @@ def _denied(reason: str) -> Response:
     return response
 
 
-@bp.route("/auth/check", methods=CHECK_METHODS, provide_automatic_options=False)
+@bp.route(CHECK_PATH, methods=CHECK_METHODS, provide_automatic_options=False)
 def check() -> Response:
     """nginx auth_request: 200, 401 with the sign-in URL, or 403 with a
     reason code."""
@@ -178,7 +184,7 @@ def check() -> Response:
     return response
 
 
-@bp.route("/auth/forward", methods=CHECK_METHODS, provide_automatic_options=False)
+@bp.route(FORWARD_PATH, methods=CHECK_METHODS, provide_automatic_options=False)
 def forward() -> Response:
     """Caddy forward_auth and Traefik ForwardAuth: 200; a browser is sent to
     sign in (302), anything else gets 401; 403 with a page saying why."""
@@ -231,7 +237,20 @@ def jwks() -> Response:
     return response
 
 
+class _FlowCookieExceptForChecks(SecureCookieSessionInterface):
+    """Flask's signed-cookie session (our flow cookie), never opened for the
+    two checks: they answer about another site's request, and opening it
+    would cost a serializer and a signature check on every one."""
+
+    def open_session(self, app: Flask, request):  # type: ignore[no-untyped-def]
+        if request.path in CHECK_PATHS:
+            return self.null_session_class()
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = _FlowCookieExceptForChecks()
+
     @app.after_request
     def _no_identity_unless_allowed(response: Response) -> Response:
         # Whatever path produced it (an error handler included), a non-200

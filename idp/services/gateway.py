@@ -45,17 +45,23 @@ def _escaped(text: str, limit: int = 200) -> str:
     )
 
 
+_VISIBLE_ASCII = "".join(chr(b) for b in range(0x21, 0x7F))
+
+
 def _as_sent(url: str) -> str | None:
     """The URL as it was on the wire: ASCII, with any raw byte above 0x7F
     percent-encoded. None when it holds a space or a control character,
     which no browser sends and which parsers disagree about."""
+    if url.isascii() and url.isprintable() and " " not in url:
+        # Already as sent, the common case: nothing to encode.
+        return url
     try:
         raw = url.encode("latin-1")
     except UnicodeEncodeError:
         return None
     if any(byte <= 0x20 or byte == 0x7F for byte in raw):
         return None
-    return quote(raw, safe="".join(chr(b) for b in range(0x21, 0x7F)))
+    return quote(raw, safe=_VISIBLE_ASCII)
 
 
 @dataclass(frozen=True)

@@ -187,9 +187,8 @@ def check(
     it exactly as ``load`` does."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    row = (
-        db.session.connection().execute(_CHECK, {"digest": token_digest(token)}).first()
-    )
+    with db.engine.connect() as connection:
+        row = connection.execute(_CHECK, {"digest": token_digest(token)}).first()
     if row is None:
         return None
     moment = now()

@@ -83,6 +83,16 @@ CSP = (
 )
 
 
+# Every answer's, unless the view set its own.
+STATIC_HEADERS = [
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Permissions-Policy", "camera=(), microphone=(), geolocation=()"),
+]
+
+
 def content_security_policy() -> str:
     """Our CSP. Browsers apply form-action to the redirect that answers a
     form too, so the sign-in forms may lead to the protected hosts, where
@@ -136,21 +146,23 @@ def init_app(app: Flask) -> None:
             # clear every cookie it could not check and sign everyone out.
             g.had_session_cookie = True
 
+    https = app.extensions["idp"].settings.public_scheme == "https"
+
     @app.after_request
     def _headers(response: Response) -> Response:
+        # One pass over the answer's headers, not one per default: this runs
+        # on every gateway check.
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", content_security_policy())
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "same-origin")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        headers.setdefault(
-            "Permissions-Policy", "camera=(), microphone=(), geolocation=()"
-        )
-        if settings().public_scheme == "https":
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        present = {name.lower() for name, _ in headers}
+        defaults = [("Content-Security-Policy", content_security_policy())]
+        defaults += STATIC_HEADERS
+        if https:
+            defaults.append(("Strict-Transport-Security", "max-age=31536000"))
         if request.endpoint != "static":
-            headers.setdefault("Cache-Control", "no-store")
+            defaults.append(("Cache-Control", "no-store"))
+        headers.extend(
+            [(name, value) for name, value in defaults if name.lower() not in present]
+        )
         if (
             g.get("had_session_cookie")
             and g.get("loaded") is None
