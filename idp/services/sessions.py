@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -179,6 +180,14 @@ _CHECK = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _lone_reads(engine: sa.Engine) -> sa.Engine:
+    """The same pool, for a single SELECT that needs no transaction: no
+    BEGIN and no ROLLBACK, two round trips fewer on PostgreSQL. The one
+    statement still reads one consistent snapshot."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def check(
     token: str | None, client: Client, target: Target
 ) -> Checked | Refused | None:
@@ -187,7 +196,7 @@ def check(
     it exactly as ``load`` does."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    with db.engine.connect() as connection:
+    with _lone_reads(db.engine).connect() as connection:
         row = connection.execute(_CHECK, {"digest": token_digest(token)}).first()
     if row is None:
         return None
