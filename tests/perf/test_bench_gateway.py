@@ -11,8 +11,12 @@
    runs; the check's p99 against its own figure from step 1.
 
 Load comes from wrk (Debian's package, installed by scripts/bench). Nothing
-here asserts a time: the figures are printed for the issue note.
-PORTCULLIS_BENCH_GATEWAY_SECONDS sets the length of each wrk run.
+here asserts a time: the figures are printed for the issue note. Each
+comparison runs in ROUNDS alternating rounds (baseline, subject, baseline,
+...) and reports the median of each side with its range, so that a slow
+patch of a shared machine lands on both sides rather than on one.
+PORTCULLIS_BENCH_GATEWAY_SECONDS sets the length of each wrk run,
+PORTCULLIS_BENCH_GATEWAY_ROUNDS the number of rounds.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,7 +47,8 @@ from tests.perf._support import Scratch, create_workspaces, report, scratch_data
 from tests.serve import spawn_serve, stop
 
 ROOT = Path(__file__).resolve().parents[2]
-SECONDS = int(os.environ.get("PORTCULLIS_BENCH_GATEWAY_SECONDS", "15"))
+SECONDS = int(os.environ.get("PORTCULLIS_BENCH_GATEWAY_SECONDS", "10"))
+ROUNDS = int(os.environ.get("PORTCULLIS_BENCH_GATEWAY_ROUNDS", "3"))
 CONNECTIONS = 32
 STORM_CLIENTS = 50
 PASSWORD = "a benchmark passphrase that is long enough"
@@ -129,6 +135,52 @@ class Load:
     non_2xx: int
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """Several runs of one load: medians, and the range of each figure."""
+
+    runs: tuple[Load, ...]
+
+    def _median(self, field: str) -> float:
+        return statistics.median(getattr(run, field) for run in self.runs)
+
+    def _span(self, field: str) -> str:
+        values = [getattr(run, field) for run in self.runs]
+        return f"{min(values):,.1f}-{max(values):,.1f}"
+
+    @property
+    def rps(self) -> float:
+        return self._median("rps")
+
+    @property
+    def p50_ms(self) -> float:
+        return self._median("p50_ms")
+
+    @property
+    def p99_ms(self) -> float:
+        return self._median("p99_ms")
+
+    @property
+    def non_2xx(self) -> int:
+        return sum(run.non_2xx for run in self.runs)
+
+    def line(self) -> str:
+        return (
+            f"{self.rps:,.0f} req/s, p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms"
+            f" (medians of {len(self.runs)}; req/s {self._span('rps')},"
+            f" p99 {self._span('p99_ms')} ms; {self.non_2xx} non-2xx)"
+        )
+
+
+def alternate(*loads: Callable[[], Load]) -> list[Rounds]:
+    """Each load ROUNDS times, interleaved: a, b, a, b, ..."""
+    runs: list[list[Load]] = [[] for _ in loads]
+    for _ in range(ROUNDS):
+        for index, load in enumerate(loads):
+            runs[index].append(load())
+    return [Rounds(tuple(r)) for r in runs]
+
+
 @dataclass
 class Stack:
     scratch: Scratch
@@ -139,8 +191,6 @@ class Stack:
     nginx_plain_port: int
     processes: list[subprocess.Popen]
     idp: subprocess.Popen
-    # /auth/check alone, from the first test, for the storm's comparison.
-    baseline: Load | None = None
 
 
 def _gunicorn_bare(port: int, log: Path) -> subprocess.Popen:
@@ -328,13 +378,6 @@ def _check_headers(stack: Stack) -> dict[str, str]:
     }
 
 
-def _line(load: Load) -> str:
-    return (
-        f"{load.rps:,.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms"
-        f" ({load.requests:,} requests, {load.non_2xx} non-2xx)"
-    )
-
-
 def _assert_allowed(stack: Stack) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", stack.idp_port, timeout=10)
     conn.request("GET", "/auth/check", headers=_check_headers(stack))
@@ -346,19 +389,21 @@ def _assert_allowed(stack: Stack) -> None:
 def test_check_against_bare_flask(stack: Stack) -> None:
     _assert_allowed(stack)
     headers = _check_headers(stack)
+    bare_url = f"http://127.0.0.1:{stack.bare_port}/auth/check"
+    check_url = f"http://127.0.0.1:{stack.idp_port}/auth/check"
     # Warm both, so every worker has its modules and connections ready.
-    wrk(f"http://127.0.0.1:{stack.bare_port}/auth/check", headers, 3)
-    wrk(f"http://127.0.0.1:{stack.idp_port}/auth/check", headers, 3)
-    bare = wrk(f"http://127.0.0.1:{stack.bare_port}/auth/check", headers)
-    check = wrk(f"http://127.0.0.1:{stack.idp_port}/auth/check", headers)
+    wrk(bare_url, headers, 3)
+    wrk(check_url, headers, 3)
+    bare, check = alternate(
+        lambda: wrk(bare_url, headers), lambda: wrk(check_url, headers)
+    )
     assert check.non_2xx == 0, check
-    stack.baseline = check
     report(
         f"/auth/check vs bare Flask, gunicorn 2 workers x 8 threads, "
-        f"{CONNECTIONS} connections, {SECONDS} s, {stack.scratch.kind}",
+        f"{CONNECTIONS} connections, {ROUNDS} rounds of {SECONDS} s, {stack.scratch.kind}",
         [
-            ("baseline: bare Flask 200", _line(bare)),
-            ("/auth/check, valid session, every policy on", _line(check)),
+            ("baseline: bare Flask 200", bare.line()),
+            ("/auth/check, valid session, every policy on", check.line()),
             ("ratio req/s (goal >= 0.85)", f"{check.rps / bare.rps:.2f}"),
             ("p99 (goal <= 10 ms)", f"{check.p99_ms:.2f} ms"),
         ],
@@ -370,15 +415,18 @@ def test_through_nginx(stack: Stack) -> None:
         "Cookie": f"portcullis_session={stack.token}",
         "Host": "localhost",
     }
-    wrk(f"http://127.0.0.1:{stack.nginx_auth_port}/app/x", headers, 3)
-    plain = wrk(f"http://127.0.0.1:{stack.nginx_plain_port}/app/x", headers)
-    authed = wrk(f"http://127.0.0.1:{stack.nginx_auth_port}/app/x", headers)
+    plain_url = f"http://127.0.0.1:{stack.nginx_plain_port}/app/x"
+    auth_url = f"http://127.0.0.1:{stack.nginx_auth_port}/app/x"
+    wrk(auth_url, headers, 3)
+    plain, authed = alternate(
+        lambda: wrk(plain_url, headers), lambda: wrk(auth_url, headers)
+    )
     assert authed.non_2xx == 0, authed
     report(
-        f"end to end through nginx, {CONNECTIONS} connections, {SECONDS} s",
+        f"end to end through nginx, {CONNECTIONS} connections, {ROUNDS} rounds of {SECONDS} s",
         [
-            ("baseline: nginx proxying the upstream, no auth", _line(plain)),
-            ("nginx auth_request to /auth/check, then the upstream", _line(authed)),
+            ("baseline: nginx proxying the upstream, no auth", plain.line()),
+            ("nginx auth_request to /auth/check, then the upstream", authed.line()),
             ("ratio req/s", f"{authed.rps / plain.rps:.2f}"),
         ],
     )
@@ -480,34 +528,40 @@ class Storm:
 
 def test_check_during_password_storm(stack: Stack) -> None:
     headers = _check_headers(stack)
-    baseline = stack.baseline or wrk(
-        f"http://127.0.0.1:{stack.idp_port}/auth/check", headers
-    )
-    with Storm(stack.idp_port, STORM_CLIENTS) as storm:
-        time.sleep(2)
-        during = wrk(f"http://127.0.0.1:{stack.idp_port}/auth/check", headers)
-    hashed = storm.outcomes["401"]
+    url = f"http://127.0.0.1:{stack.idp_port}/auth/check"
+    outcomes: Counter[str] = Counter()
+
+    def during() -> Load:
+        with Storm(stack.idp_port, STORM_CLIENTS) as storm:
+            time.sleep(2)
+            load = wrk(url, headers)
+        outcomes.update(storm.outcomes)
+        return load
+
+    alone, stormy = alternate(lambda: wrk(url, headers), during)
+    hashed = outcomes["401"]
     report(
-        f"/auth/check while {STORM_CLIENTS} clients send wrong passwords",
+        f"/auth/check while {STORM_CLIENTS} clients send wrong passwords, "
+        f"{ROUNDS} rounds of {SECONDS} s",
         [
-            ("baseline: /auth/check alone (first test)", _line(baseline)),
-            ("/auth/check during the storm", _line(during)),
+            ("baseline: /auth/check alone", alone.line()),
+            ("/auth/check during the storm", stormy.line()),
             (
                 "p99 during / p99 alone (goal <= 2)",
-                f"{during.p99_ms / baseline.p99_ms:.2f}",
+                f"{stormy.p99_ms / alone.p99_ms:.2f}",
             ),
             ("wrong passwords hashed and refused (401)", str(hashed)),
-            ("answered 429 (hash slots busy)", str(storm.outcomes["429"])),
+            ("answered 429 (hash slots busy)", str(outcomes["429"])),
             (
                 "other outcomes",
                 ", ".join(
                     f"{k}: {v}"
-                    for k, v in sorted(storm.outcomes.items())
+                    for k, v in sorted(outcomes.items())
                     if k not in ("401", "429")
                 )
                 or "none",
             ),
         ],
     )
-    assert during.non_2xx == 0, during
-    assert hashed > 0, storm.outcomes
+    assert stormy.non_2xx == 0, stormy
+    assert hashed > 0, outcomes
