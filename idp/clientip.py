@@ -7,12 +7,20 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
+from policies import canonical_address, canonical_network
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+    """The ranges, an IPv4-mapped IPv6 one in its IPv4 form: addresses are
+    compared as IPv4 (parse_address), so ::ffff:10.0.0.5 must name the
+    proxy that connects as 10.0.0.5, whichever way the socket shows it."""
+    return tuple(
+        canonical_network(ipaddress.ip_network(entry, strict=False))
+        for entry in entries
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -24,16 +32,7 @@ def parse_address(text: str | None) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:
         text = text[1 : text.index("]")]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address.scope_id:
-            return None
-    return address
+    return canonical_address(text)
 
 
 def is_trusted(address: IPAddress | None, trusted: Sequence[IPNetwork]) -> bool:

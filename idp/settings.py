@@ -220,7 +220,9 @@ def _validate_cookie_domain(values: dict[str, Any]) -> None:
 
 
 def _overlaps_own(path: str) -> bool:
-    prefix = path.rstrip("/") + "/"
+    # Routes match paths regardless of case (gateway._covers): /Login would
+    # take /login.
+    prefix = path.rstrip("/").lower() + "/"
     return any(
         (own + "/").startswith(prefix) or prefix.startswith(own + "/")
         for own in OWN_PATHS

@@ -10,7 +10,7 @@ from policies.context import (
     WorkspacePolicy,
 )
 from policies.decision import Decision, Outcome
-from policies.ip_allowlist import ip_allowed
+from policies.ip_allowlist import canonical_address, canonical_network, ip_allowed
 from policies.mfa import session_has_mfa
 from policies.runner import PIPELINE, TIME_LIMITS, evaluate
 from policies.time_limits import past_lifetime
@@ -25,6 +25,8 @@ __all__ = [
     "SessionFacts",
     "UserFacts",
     "WorkspacePolicy",
+    "canonical_address",
+    "canonical_network",
     "evaluate",
     "ip_allowed",
     "past_lifetime",

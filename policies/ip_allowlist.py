@@ -17,7 +17,9 @@ _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 # Every check asks about the same few clients; addresses are immutable.
 @functools.lru_cache(maxsize=4096)
-def _address(text: str | None) -> IPAddress | None:
+def canonical_address(text: str | None) -> IPAddress | None:
+    """The address in the form every rule compares: IPv4-mapped IPv6 as
+    IPv4; None when it does not parse or names a link (a zone index)."""
     if not text:
         return None
     try:
@@ -35,9 +37,10 @@ def _address(text: str | None) -> IPAddress | None:
     return address
 
 
-def _network(network: IPNetwork) -> IPNetwork:
+def canonical_network(network: IPNetwork) -> IPNetwork:
     """An IPv4-mapped IPv6 range in its IPv4 form, so that an entry written
-    as ::ffff:203.0.113.0/120 covers 203.0.113.9 like 203.0.113.0/24 does."""
+    as ::ffff:203.0.113.0/120 covers 203.0.113.9 like 203.0.113.0/24 does
+    (addresses are compared in their IPv4 form too)."""
     if (
         isinstance(network, ipaddress.IPv6Network)
         and network.prefixlen >= _MAPPED.prefixlen
@@ -52,11 +55,11 @@ def _network(network: IPNetwork) -> IPNetwork:
 def ip_allowed(client_ip: str | None, networks: Iterable[IPNetwork]) -> bool:
     """Whether the address is inside one of the ranges; never for an
     address that does not parse."""
-    address = _address(client_ip)
+    address = canonical_address(client_ip)
     if address is None:
         return False
     for entry in networks:
-        network = _network(entry)
+        network = canonical_network(entry)
         if address.version == network.version and address in network:
             return True
     return False
@@ -68,7 +71,7 @@ def ip_allowlist(ctx: PolicyContext) -> Decision | None:
     networks = ctx.policy.ip_allowlist
     if networks is None:
         return None
-    if _address(ctx.client_ip) is None:
+    if canonical_address(ctx.client_ip) is None:
         return Decision.deny("ip_unknown")
     if not ip_allowed(ctx.client_ip, networks):
         return Decision.deny("ip_not_allowed")

@@ -67,7 +67,19 @@ HOP_BY_HOP = frozenset(
 # What a client must never tell the upstream about itself: the identity and
 # the client's address are ours to state (ASVS 4.1.3).
 SPOOFABLE_PREFIXES = ("x-auth-", "x-forwarded-", "proxy-")
-SPOOFABLE = frozenset({"forwarded", "x-real-ip"})
+# Nor name another request than the one checked: some frameworks route by
+# X-Original-URL or X-Rewrite-URL, or build links from X-Host. The deploy/
+# examples drop the same headers.
+SPOOFABLE = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-original-method",
+        "x-rewrite-url",
+        "x-host",
+    }
+)
 # Ours to set on the upstream connection: Host names the upstream,
 # Content-Length follows the body as sent, and the server in front of us
 # has already answered any Expect: 100-continue.
@@ -266,6 +278,9 @@ class ReverseProxy:
             # own scripts could read them (and their form tokens).
             return _answer(_page(404), exchange)
         exchange.label = route["host"] + route["path"]
+        if gateway.climbs_above_root(raw.path):
+            audit_refusal(reason="bad_request")
+            return _answer(_page(400), exchange)
         if "websocket" in _tokens(environ.get("HTTP_UPGRADE", "")):
             return _answer(_page(501), exchange)
         if _chunked(environ) and not environ.get("wsgi.input_terminated"):

@@ -58,6 +58,20 @@ ACTIONS = (
     "authz.denied",
     "workspace.create",
     "request.refused",
+    "session.ended",
+    "session.limit_reached",
+    "access.denied",
+    "gateway.denied",
+    "security.mfa_mode",
+    "security.idle_timeout",
+    "security.max_sessions",
+    "security.relogin_days",
+    "security.ip_restriction",
+    "security.ip_entry_added",
+    "security.ip_entry_removed",
+    "security.domain_restriction",
+    "security.domain_entry_added",
+    "security.domain_entry_removed",
 )
 
 

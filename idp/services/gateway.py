@@ -253,6 +253,28 @@ def readings(path: str) -> set[str] | None:
     return found
 
 
+def _climbs(path: str) -> bool:
+    depth = 0
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if depth == 0:
+                return True
+            depth -= 1
+        elif segment != ".":
+            depth += 1
+    return False
+
+
+def climbs_above_root(path: str) -> bool:
+    """Whether some reading of ``path`` climbs above the root with ``..``.
+    A server clamps such a climb at its own root, which behind the built-in
+    proxy lies above the route's upstream path: /x/../../private reaches
+    /private there, maybe another route's mount, after passing as the "/"
+    route. Browsers resolve dot segments before sending, so none sends one."""
+    every = readings(path)
+    return every is None or any(_climbs(reading) for reading in every)
+
+
 def role_allowed(host: str, path: str, role: str) -> bool:
     """Whether ``role`` passes every route rule that any reading of the path
     falls under."""
@@ -320,7 +342,9 @@ def check(
     if not role_allowed(original.host, original.path, result.role):
         user = db.session.get(User, result.user_id)
         session = db.session.get(Session, result.session_id)
-        assert user is not None and session is not None
+        if user is None or session is None:
+            # Deleted since the check read them: no live session.
+            return Verdict("sign_in", "not_signed_in", login_url=login_url(original))
         _record_denial(
             Context.for_user(user, client, session),
             client,

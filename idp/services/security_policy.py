@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,7 @@ def domain_entries(workspace: Workspace) -> list[DomainAllowEntry]:
 
 def client_allowed(entries: list[IpAllowEntry], client_ip: str | None) -> bool:
     """Whether this address is on the given allow-list entries."""
-    return policies.ip_allowed(client_ip, tuple(_network(e.network) for e in entries))
+    return policies.ip_allowed(client_ip, _networks(entries))
 
 
 # --- Force MFA and the session limits ---------------------------------------
@@ -198,16 +199,9 @@ def parse_network(text: str) -> IPNetwork:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
         raise InvalidInput(_NOT_A_NETWORK, code="invalid_network") from exc
-    mapped = (
-        network.network_address.ipv4_mapped
-        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96
-        else None
-    )
-    if mapped is not None:
-        # ::ffff:203.0.113.0/120 is 203.0.113.0/24: the pipeline compares
-        # every mapped client address in its IPv4 form.
-        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
-    return network
+    # Stored as the pipeline compares it: ::ffff:203.0.113.0/120 is
+    # 203.0.113.0/24.
+    return policies.canonical_network(network)
 
 
 def set_ip_restriction(ctx: Context, workspace: Workspace, enabled: bool) -> bool:
@@ -219,7 +213,7 @@ def set_ip_restriction(ctx: Context, workspace: Workspace, enabled: bool) -> boo
     if old == enabled:
         return enabled
     if enabled:
-        networks = tuple(_network(e.network) for e in ip_entries(workspace))
+        networks = _networks(ip_entries(workspace))
         _refuse_lockout(ctx, workspace, networks, "security.ip_restriction")
     row.ip_restriction_enabled = enabled
     _changed(ctx, workspace, row, "security.ip_restriction", old, enabled)
@@ -254,7 +248,7 @@ def add_my_ip(
     note = _description(description) or f"Added by {ctx.label} with Add my IP"
     row = _locked_policy(workspace)
     for entry in ip_entries(workspace):
-        if policies.ip_allowed(address, (_network(entry.network),)):
+        if policies.ip_allowed(address, _networks([entry])):
             raise InvalidInput(
                 f"Your address {address} is already allowed by {entry.network}.",
                 code="ip_already_allowed",
@@ -273,9 +267,7 @@ def remove_ip_entry(
         IpAllowEntry, workspace, entry_id, "No such IP entry in this workspace."
     )
     if row.ip_restriction_enabled:
-        rest = tuple(
-            _network(e.network) for e in ip_entries(workspace) if e.id != entry.id
-        )
+        rest = _networks(e for e in ip_entries(workspace) if e.id != entry.id)
         _refuse_lockout(ctx, workspace, rest, "security.ip_entry_removed")
     old = {"network": entry.network, "description": entry.description}
     db.session.delete(entry)
@@ -520,12 +512,28 @@ def _description(text: str) -> str:
     return text
 
 
-def _network(text: str) -> IPNetwork:
-    return ipaddress.ip_network(text, strict=False)
+def _network(text: str) -> IPNetwork | None:
+    """A stored entry's range, or None for one that no longer parses
+    (written by hand, or by an older version). As in the pipeline, such an
+    entry lets nobody in; it stays listed so that an admin can remove it,
+    and never turns the tab into an error page."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def _networks(entries: Iterable[IpAllowEntry]) -> tuple[IPNetwork, ...]:
+    """The ranges of the entries that parse."""
+    return tuple(
+        network for e in entries if (network := _network(e.network)) is not None
+    )
 
 
 def _sort_key(text: str) -> tuple[int, int, int]:
     network = _network(text)
+    if network is None:
+        return (7, 0, 0)  # after IPv4 and IPv6
     return (network.version, int(network.network_address), network.prefixlen)
 
 

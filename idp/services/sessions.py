@@ -226,7 +226,9 @@ def check(
         session = db.session.get(Session, row.id)
         member = db.session.get(User, row.user_id)
         workspace = db.session.get(Workspace, row.workspace_id)
-        assert session is not None and member is not None and workspace is not None
+        if session is None or member is None or workspace is None:
+            # Deleted since the read above: no session is left to refuse.
+            return None
         return _refuse(session, member, workspace, decision, client)
     _touch(row.id, row.user_id, row.last_seen_at, moment, policy)
     return Checked(

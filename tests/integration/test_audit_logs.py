@@ -80,7 +80,7 @@ class _Table(HTMLParser):
 def table(html: str) -> list[list[str]]:
     parser = _Table()
     parser.feed(html)
-    return [row for row in parser.rows if len(row) == 6]
+    return [row for row in parser.rows if len(row) == 7]
 
 
 OLDER_RE = re.compile(r'href="([^"]*before=(\d+)[^"]*)">Older')
@@ -263,9 +263,11 @@ def test_admin_actions_are_recorded_and_shown(app, admin_client, acme, clock):
         "user.disable",
         "bob@example.com",
         "success",
+        "sessions ended: 0",
         CLIENT_IP,
     ]
-    assert rows[1][2:4] == ["user.invite", "carol@example.com"]
+    assert rows[1][2:5] == ["user.invite", "carol@example.com", "success"]
+    assert rows[1][5] == "role: admin"
 
 
 SERVICE_CLIENT = {

@@ -586,11 +586,6 @@ class TestReverseProxyAttacks:
     localhost, as in test_reverse_proxy."""
 
     @pytest.fixture
-    def upstream(self) -> Iterator[Upstream]:
-        with _running_upstream() as running:
-            yield running
-
-    @pytest.fixture
     def overrides(self, upstream: Upstream) -> dict[str, Any]:
         return {
             "gateway": {

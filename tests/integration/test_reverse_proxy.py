@@ -192,12 +192,6 @@ def _running_upstream() -> Iterator[Upstream]:
         server.server_close()
 
 
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with _running_upstream() as running:
-        yield running
-
-
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -825,6 +825,24 @@ def test_every_change_is_audited_with_old_and_new_values(app, acme):
         } == {("ann@example.com", "Acme", "success")}
         assert {e.client_ip for e in security_events} == {"203.0.113.7"}
 
+    # The Audit logs tab says each change in words, and its filter finds it.
+    page = admin.get("/portal/audit-logs").get_data(as_text=True)
+    for text in (
+        "off → 30 minutes",
+        "30 minutes → 1 hour",
+        "1 hour → off",
+        "off → 3 sessions",
+        "off → 14 days",
+        "Don&#39;t force → Force except enterprise SSO",
+        "added 203.0.113.0/24 (HQ)",
+        "removed 2001:db8::/32",
+        "removed example.com",
+        "off → on",
+    ):
+        assert text in page, text
+    only = admin.get("/portal/audit-logs?action=security.ip_entry_added")
+    assert only.get_data(as_text=True).count("<code>security.") == 2
+
 
 # --- who may do it -----------------------------------------------------------
 

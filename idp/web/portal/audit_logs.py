@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, g, render_template, request, stream_with_context
 
-from idp.services import audit_query
+from idp.services import audit_query, audit_text
 from idp.state import settings
 from idp.web.portal import bp, login_required
 
@@ -35,6 +35,7 @@ def audit_logs():  # type: ignore[no-untyped-def]
         page=result,
         filters=filters,
         actions=audit_query.ACTIONS,
+        describe=audit_text.summary,
         first_page=before is None,
     )
 
