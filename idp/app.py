@@ -123,7 +123,7 @@ def create_app(
 
     from idp.gateway import forward
     from idp.services.assertions import Signer
-    from idp.web import auth
+    from idp.web import auth, auth_mfa, mfa_totp, mfa_webauthn  # noqa: F401 (routes)
     from idp.web.portal import bp as portal_bp
 
     app.register_blueprint(auth.bp)

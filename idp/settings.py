@@ -157,6 +157,24 @@ class Settings:
         return urlsplit(self.public_url).hostname or "localhost"
 
     @property
+    def public_origin(self) -> str:
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def webauthn_rp_id(self) -> str:
+        return str(self.values["webauthn"]["rp_id"] or self.public_host).lower()
+
+    @property
+    def webauthn_origins(self) -> tuple[str, ...]:
+        return tuple(self.values["webauthn"]["origins"]) or (self.public_origin,)
+
+    @property
+    def webauthn_available(self) -> bool:
+        """WebAuthn refuses an IP address as relying party id."""
+        return not _is_ip(self.webauthn_rp_id)
+
+    @property
     def instance_dir(self) -> Path:
         return Path(self.values["instance_dir"]).resolve()
 
@@ -203,8 +221,59 @@ def _validate(values: dict[str, Any]) -> None:
             ) from exc
     _validate_routes(values)
     _validate_cookie_domain(values)
+    _validate_webauthn(values)
     if values["log"]["format"] not in ("text", "json"):
         raise SettingsError('log.format must be "text" or "json"')
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _within(host: str, rp_id: str) -> bool:
+    return host == rp_id or host.endswith("." + rp_id)
+
+
+def _validate_webauthn(values: dict[str, Any]) -> None:
+    """The relying party id must be the public host or a parent domain of
+    it, and every allowed origin an exact http(s) origin under it (MFA-3)."""
+    section = values["webauthn"]
+    host = (urlsplit(values["public_url"]).hostname or "").lower()
+    rp_id = str(section["rp_id"] or host).lower()
+    if section["rp_id"] and (_is_ip(rp_id) or not _within(host, rp_id)):
+        raise SettingsError(
+            f"webauthn.rp_id {rp_id} must be the public URL's host or a parent "
+            "domain of it"
+        )
+    for origin in section["origins"]:
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or origin != origin.strip()
+        ):
+            raise SettingsError(
+                f"webauthn.origins: {origin!r} must be a scheme and host (and "
+                "port), such as https://auth.example.com"
+            )
+        if not _within(parts.hostname.lower(), rp_id):
+            raise SettingsError(
+                f"webauthn.origins: {origin} is not under the relying party id {rp_id}"
+            )
+    if section["challenge_seconds"] < 30:
+        raise SettingsError("webauthn.challenge_seconds must be at least 30")
+    mfa = values["mfa"]
+    if mfa["recent_auth_minutes"] < 1 or mfa["failure_limit"] < 1:
+        raise SettingsError(
+            "mfa.recent_auth_minutes and mfa.failure_limit must be at least 1"
+        )
 
 
 def _validate_cookie_domain(values: dict[str, Any]) -> None:

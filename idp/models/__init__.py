@@ -1,6 +1,12 @@
 """SQLAlchemy models. Every row belongs to a workspace."""
 
 from idp.models.audit import AuditEvent
+from idp.models.credentials import (
+    RecoveryCode,
+    TotpSecret,
+    WebAuthnChallenge,
+    WebAuthnCredential,
+)
 from idp.models.sessions import LoginThrottle, Session
 from idp.models.users import EmailToken, Invitation, User
 from idp.models.workspaces import (
@@ -17,8 +23,12 @@ __all__ = [
     "Invitation",
     "IpAllowEntry",
     "LoginThrottle",
+    "RecoveryCode",
     "SecurityPolicy",
     "Session",
+    "TotpSecret",
     "User",
+    "WebAuthnChallenge",
+    "WebAuthnCredential",
     "Workspace",
 ]

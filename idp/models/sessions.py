@@ -27,6 +27,9 @@ class Session(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     authenticated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     mfa_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the member last typed the password again to change a sign-in
+    # method (a "recent sign-in" without signing in anew).
+    reauthenticated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Authentication methods references (RFC 8176), such as ["pwd"].
     amr: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

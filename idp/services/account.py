@@ -82,6 +82,32 @@ def _verify_current(ctx: Context, password: str) -> None:
         )
 
 
+def reauthenticate(ctx: Context, password: str) -> None:
+    """The password typed again: the session counts as freshly signed in
+    for changing sign-in methods (mfa.recent_auth_minutes)."""
+    assert ctx.session is not None and ctx.user is not None
+    _verify_current(ctx, password)
+    db.session.execute(
+        sa.update(Session)
+        .where(Session.id == ctx.session.id)
+        .values(reauthenticated_at=now())
+    )
+    audit.record(
+        ctx,
+        "session.reauthenticated",
+        workspace_id=ctx.user.workspace_id,
+        target=ctx.user,
+    )
+    db.session.commit()
+
+
+def recently_authenticated(session: Session) -> bool:
+    """Signed in, or the password typed again, within mfa.recent_auth_minutes."""
+    window = timedelta(minutes=settings()["mfa"]["recent_auth_minutes"])
+    latest = max(t for t in (session.authenticated_at, session.reauthenticated_at) if t)
+    return now() - latest <= window
+
+
 def change_password(ctx: Context, *, current: str, new: str) -> str:
     """Every other session ends; this one gets a new token, returned."""
     user = ctx.user

@@ -72,6 +72,17 @@ ACTIONS = (
     "security.domain_restriction",
     "security.domain_entry_added",
     "security.domain_entry_removed",
+    "session.reauthenticated",
+    "mfa.totp_enabled",
+    "mfa.totp_removed",
+    "mfa.webauthn_added",
+    "mfa.webauthn_renamed",
+    "mfa.webauthn_removed",
+    "mfa.recovery_issued",
+    "mfa.recovery_used",
+    "mfa.failure",
+    "mfa.possible_clone",
+    "mfa.reset",
 )
 
 

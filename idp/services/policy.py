@@ -113,9 +113,10 @@ def load_policy(workspace_id: uuid.UUID) -> policies.WorkspacePolicy:
 
 
 def user_has_mfa(user: User) -> bool:
-    """Whether the member has a second factor or a passkey. No factor can be
-    enrolled before the MFA issue lands, so nobody has one yet."""
-    return False
+    """Whether the member has a second factor or a passkey."""
+    from idp.services import mfa
+
+    return mfa.user_has_mfa(user)
 
 
 def user_facts(

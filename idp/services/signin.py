@@ -235,6 +235,39 @@ def complete_sign_in(
     return SignedIn(token, ended)
 
 
+def second_step(ctx: Context, user: User) -> str | None:
+    """What the sign-in needs after the password: None (issue the session),
+    "mfa" (ask for a factor) or "enroll" (MFA is forced and the member has
+    none: set one up first). A refusal of the account or the address
+    (Forbidden, audited) comes before any factor is asked for."""
+    from idp.services import mfa
+
+    moment = now()
+    pctx = policies.PolicyContext(
+        now=moment,
+        user=user_facts(user, with_mfa=True),
+        stage="sign_in",
+        session=policies.SessionFacts(
+            created_at=moment,
+            authenticated_at=moment,
+            last_seen_at=moment,
+            mfa_at=None,
+            amr=("pwd",),
+            via_sso=False,
+        ),
+        client_ip=ctx.client.ip,
+        policy=load_policy(user.workspace_id),
+    )
+    decision = policies.evaluate(pctx)
+    if decision is None:
+        return "mfa" if mfa.user_has_mfa(user) else None
+    if decision.outcome == "require_mfa":
+        return "mfa"
+    if decision.outcome == "enroll_mfa":
+        return "enroll"
+    _refuse(ctx, user, decision.reason)
+
+
 def _refuse(ctx: Context, user: User, reason: str) -> NoReturn:
     workspace_id, label = user.workspace_id, user.email
     gone = reason == "account_deleted"

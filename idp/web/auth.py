@@ -73,6 +73,12 @@ def finish_sign_in(signed_in: signin.SignedIn, return_to: str | None) -> Respons
     return response
 
 
+def _proceed(user, rd: str | None) -> Response:  # type: ignore[no-untyped-def]
+    from idp.web import auth_mfa
+
+    return auth_mfa.proceed(user, rd)
+
+
 @bp.get("/")
 def home():  # type: ignore[no-untyped-def]
     return redirect(url_for("portal.profile"))
@@ -116,8 +122,7 @@ def password():  # type: ignore[no-untyped-def]
             "auth/login_password.html", email=flow["email"], error=exc.message
         ), 401
     if len(matched) == 1:
-        signed_in = signin.complete_sign_in(context(), matched[0], amr=["pwd"])
-        return finish_sign_in(signed_in, flow.get("rd"))
+        return _proceed(matched[0], flow.get("rd"))
     session["choose"] = {
         "ids": [str(u.id) for u in matched],
         "at": time.time(),
@@ -145,8 +150,7 @@ def choose_workspace():  # type: ignore[no-untyped-def]
             return redirect(url_for("auth.login"))
         if user is None:
             abort(400)
-        signed_in = signin.complete_sign_in(context(), user, amr=["pwd"])
-        return finish_sign_in(signed_in, flow.get("rd"))
+        return _proceed(user, flow.get("rd"))
     from idp.models import User, Workspace
 
     accounts = [db.session.get(User, uuid.UUID(i)) for i in flow["ids"]]

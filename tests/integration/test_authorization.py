@@ -104,6 +104,19 @@ ROUTES: dict[tuple[str, str], Access] = {
         "302 /login", "302 /login", "302 /login", {"account": str(uuid.UUID(int=1))}
     ),
     ("POST", "/logout"): Access("302 /login", "302 /login", "302 /login"),
+    # The MFA step and set-up belong to a half-finished sign-in held in the
+    # flow cookie; without one, whoever asks is sent to sign in.
+    ("GET", "/login/mfa"): Access("302 /login", "302 /login", "302 /login"),
+    ("POST", "/login/mfa"): Access(
+        "302 /login", "302 /login", "302 /login", {"method": "totp", "code": "1"}
+    ),
+    ("GET", "/login/mfa/setup"): Access("302 /login", "302 /login", "302 /login"),
+    ("GET", "/login/mfa/setup/done"): Access(
+        "302 /login", "302 /login", "302 /login"
+    ),
+    ("POST", "/login/mfa/setup/done"): Access(
+        "302 /login", "302 /login", "302 /login"
+    ),
     ("GET", "/login/forgot"): Access("200", "200", "200"),
     ("POST", "/login/forgot"): Access(
         "200", "200", "200", {"email": "nobody@example.com"}
@@ -152,6 +165,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ),
     ("POST", "/portal/privacy-security/sessions/<session_id>/end"): Access(
         LOGIN, "404", "404"
+    ),
+    ("GET", "/portal/reauthenticate"): Access(LOGIN, "200", "200"),
+    ("POST", "/portal/reauthenticate"): Access(
+        LOGIN, "400", "400", {"password": "not the password"}
     ),
     ("GET", "/portal/privacy-security/password"): Access(LOGIN, "200", "200"),
     ("POST", "/portal/privacy-security/password"): Access(

@@ -105,4 +105,11 @@ def index():  # type: ignore[no-untyped-def]
     return redirect(url_for("portal.profile"))
 
 
-from idp.web.portal import audit_logs, privacy, profile, security, users  # noqa: F401
+from idp.web.portal import (  # noqa: F401
+    audit_logs,
+    privacy,
+    profile,
+    reauth,
+    security,
+    users,
+)

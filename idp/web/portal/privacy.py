@@ -7,10 +7,11 @@ import uuid
 
 from flask import abort, flash, g, redirect, render_template, request, url_for
 
-from idp.services import account, sessions
+from idp.services import account, mfa, sessions
 from idp.services.errors import InvalidInput
+from idp.state import settings
 from idp.web.errors import audit_refusal
-from idp.web.portal import bp, login_required
+from idp.web.portal import bp, login_required, reauth
 from idp.web.requests import context, set_session_cookie
 from idp.web.useragent import describe
 
@@ -20,7 +21,12 @@ from idp.web.useragent import describe
 def privacy_security():  # type: ignore[no-untyped-def]
     rows = [(s, describe(s.user_agent)) for s in sessions.active_sessions(g.user)]
     return render_template(
-        "portal/privacy_security.html", sessions=rows, current_id=g.loaded.session.id
+        "portal/privacy_security.html",
+        sessions=rows,
+        current_id=g.loaded.session.id,
+        factors=mfa.factors(g.user.id),
+        offer_logout_others=reauth.take_offer() and len(rows) > 1,
+        webauthn=settings().webauthn_available,
     )
 
 
