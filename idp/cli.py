@@ -175,6 +175,40 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_reset_mfa(args: argparse.Namespace) -> int:
+    """Remove a member's factors: the operator's way back in for an admin
+    who lost them while the workspace forces MFA."""
+    import sqlalchemy as sa
+
+    from idp.db import db
+    from idp.models import User
+    from idp.security import normalize_email
+    from idp.services import users
+    from idp.services.context import Context
+    from idp.services.errors import Conflict, NotFound
+    from idp.services.workspaces import get_workspace
+
+    with _app().app_context():
+        try:
+            workspace = get_workspace(args.workspace)
+        except NotFound as exc:
+            return _fail(exc.message)
+        member = db.session.scalar(
+            sa.select(User).where(
+                User.workspace_id == workspace.id,
+                User.email == normalize_email(args.email),
+            )
+        )
+        if member is None:
+            return _fail(f"no member {args.email} in {workspace.slug}")
+        try:
+            users.reset_mfa(Context.operator(), workspace, member.id)
+        except Conflict as exc:
+            return _fail(exc.message)
+        print(f"mfa reset: {member.email} (sessions ended, member told by email)")
+    return 0
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from idp.keys import rotate_keys
 
@@ -362,6 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="the admin's full name")
     p.add_argument("email")
     p.set_defaults(func=cmd_admin_create)
+
+    usr = sub.add_parser("user", help="manage members").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = usr.add_parser(
+        "reset-mfa",
+        help="remove a member's factors and recovery codes and end their sessions",
+    )
+    p.add_argument("--workspace", required=True, metavar="SLUG")
+    p.add_argument("email")
+    p.set_defaults(func=cmd_user_reset_mfa)
 
     keys = sub.add_parser("keys", help="manage key material").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -318,6 +318,35 @@ def make_user(
         return user
 
 
+# A fixed authenticator-app secret (base32) for tests that need a member with
+# MFA; compute its codes with pyotp.TOTP(TOTP_SECRET).at(moment).
+TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+
+
+def give_authenticator(app, email: str, secret: str = TOTP_SECRET) -> str:  # type: ignore[no-untyped-def]
+    """Give the member with this email a confirmed authenticator app, as
+    set-up would leave it; returns the secret."""
+    import sqlalchemy as sa
+
+    from idp.models import TotpSecret, User
+
+    with app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.email == email))
+        assert user is not None, email
+        sealed = app.extensions["idp_keys"].encryption.encrypt(secret.encode())
+        db.session.add(
+            TotpSecret(
+                user_id=user.id,
+                workspace_id=user.workspace_id,
+                secret_encrypted=sealed.decode(),
+                created_at=app.extensions["idp"].clock(),
+                confirmed_at=app.extensions["idp"].clock(),
+            )
+        )
+        db.session.commit()
+    return secret
+
+
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

@@ -27,6 +27,7 @@ from idp.models import (
     User,
     Workspace,
 )
+from idp.services import mfa
 from idp.services.context import Context
 from idp.services.permissions import require_admin
 from idp.services.security_policy import current_policy
@@ -135,17 +136,14 @@ def mfa_summary(workspace: Workspace, limit: int = SUMMARY_LIMIT) -> list[Member
 
 
 def factors_for(users: Sequence[User]) -> dict[uuid.UUID, tuple[str, ...]]:
-    """Each member's second factors and passkeys by id, as labels such as
-    "Authenticator app", in one query for the whole page. No factor can be
-    enrolled in this version (see policy.user_has_mfa), so every member
-    has none."""
-    return {user.id: () for user in users}
+    """Each member's factors by id, as labels such as "Authenticator app"."""
+    return mfa.factors_for(users)
 
 
 def has_mfa_clause() -> sa.ColumnElement[bool]:
     """policy.user_has_mfa as a SQL condition on User, for counting. A test
     holds the two equal for every member."""
-    return sa.false()
+    return mfa.has_mfa_clause()
 
 
 def session_counts(

@@ -13,10 +13,9 @@ MESSAGES = {
     "ip_unknown": "Your network address could not be determined, and this workspace only allows listed addresses. Ask an admin of the workspace.",
     "idle_timeout": "You were signed out after a period of inactivity. Sign in again.",
     "relogin_required": "Your workspace asks you to sign in again every few days. Sign in again.",
-    # Until multi-factor sign-in is built, a workspace that forces MFA stops
-    # sign-in here: nobody is let through without a second factor.
-    "mfa_required": "This workspace requires multi-factor authentication, which this version of Portcullis cannot yet ask for at sign-in. Ask an admin of the workspace.",
-    "mfa_enrollment_required": "This workspace requires multi-factor authentication and your account has no second factor yet. Setting one up at sign-in is not available in this version of Portcullis; ask an admin of the workspace.",
+    "mfa_required": "Your workspace requires multi-factor authentication. Sign in again with your second factor.",
+    "mfa_enrollment_required": "Your workspace requires multi-factor authentication. Set up a second factor to continue.",
+    "mfa_reset": "An admin reset your multi-factor authentication, which signed you out. Sign in again.",
     "role_not_allowed": "Your role in this workspace does not give access to this page.",
     "proxy_not_trusted": "This request reached Portcullis through a proxy it does not trust. Ask the operator to add the proxy's address to gateway.trusted_proxies.",
     "host_not_protected": "This site is not one that Portcullis protects. Ask the operator to add it to the protected hosts.",
@@ -32,6 +31,7 @@ SESSION_ENDED = frozenset(
         "idle_timeout",
         "relogin_required",
         "mfa_required",
+        "mfa_reset",
         "session_limit",
         "account_disabled",
         "account_not_active",

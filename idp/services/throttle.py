@@ -26,19 +26,23 @@ def seconds_locked(email_key: str) -> int:
     return max(0, math.ceil(remaining))
 
 
-def reserve_attempt(email_key: str) -> int:
+def reserve_attempt(
+    email_key: str, *, limit: int | None = None, lockout_seconds: int | None = None
+) -> int:
     """Count this attempt as a failure *before* any hashing, unless the email
     is locked, and commit at once. Returns 0 when the attempt may go ahead (a
     success then clears the count, see ``clear``), else the seconds to wait.
+    ``limit`` and ``lockout_seconds`` default to the sign-in settings.
 
     One atomic statement: a check before hashing and a count after it let a
     burst of parallel guesses all pass the check, each then hashed, so the
     limit bounded nothing (SECURITY.md 6.3.1)."""
     table = LoginThrottle.__table__
     moment = now()
-    statement = _count_failure(email_key, moment).on_conflict_do_update(
+    rule = _rule(limit, lockout_seconds)
+    statement = _count_failure(email_key, moment, rule).on_conflict_do_update(
         index_elements=[table.c.email],
-        set_=_failure_update(moment),
+        set_=_failure_update(moment, rule),
         where=sa.or_(
             table.c.locked_until.is_(None),
             table.c.locked_until <= sa.literal(moment, UTCDateTime),
@@ -63,9 +67,18 @@ def release_attempt(email_key: str) -> None:
     db.session.commit()
 
 
-def _count_failure(email_key: str, moment):  # type: ignore[no-untyped-def]
+def _rule(limit: int | None, lockout_seconds: int | None) -> tuple[int, int]:
+    """(failure limit, lockout seconds), the sign-in settings unless given."""
     cfg = settings()["signin"]
-    lock = moment + timedelta(seconds=cfg["account_lockout_seconds"])
+    return (
+        cfg["account_failure_limit"] if limit is None else limit,
+        cfg["account_lockout_seconds"] if lockout_seconds is None else lockout_seconds,
+    )
+
+
+def _count_failure(email_key: str, moment, rule: tuple[int, int]):  # type: ignore[no-untyped-def]
+    limit, lockout_seconds = rule
+    lock = moment + timedelta(seconds=lockout_seconds)
     table = LoginThrottle.__table__
     dialect = db.session.get_bind().dialect.name
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
@@ -73,33 +86,36 @@ def _count_failure(email_key: str, moment):  # type: ignore[no-untyped-def]
         email=email_key,
         failures=1,
         last_failure_at=moment,
-        locked_until=lock if cfg["account_failure_limit"] <= 1 else None,
+        locked_until=lock if limit <= 1 else None,
     )
 
 
-def _failure_update(moment) -> dict:  # type: ignore[no-untyped-def]
-    cfg = settings()["signin"]
-    lock = moment + timedelta(seconds=cfg["account_lockout_seconds"])
+def _failure_update(moment, rule: tuple[int, int]) -> dict:  # type: ignore[no-untyped-def]
+    limit, lockout_seconds = rule
+    lock = moment + timedelta(seconds=lockout_seconds)
     table = LoginThrottle.__table__
     failures = table.c.failures + 1
     return {
         "failures": failures,
         "last_failure_at": moment,
         "locked_until": sa.case(
-            (failures >= cfg["account_failure_limit"], sa.literal(lock, UTCDateTime)),
+            (failures >= limit, sa.literal(lock, UTCDateTime)),
             else_=table.c.locked_until,
         ),
     }
 
 
-def record_failure(email_key: str) -> None:
+def record_failure(
+    email_key: str, *, limit: int | None = None, lockout_seconds: int | None = None
+) -> None:
     """Count one failure in the caller's transaction, atomically: two workers
     failing at once both count."""
     table = LoginThrottle.__table__
     moment = now()
+    rule = _rule(limit, lockout_seconds)
     db.session.execute(
-        _count_failure(email_key, moment).on_conflict_do_update(
-            index_elements=[table.c.email], set_=_failure_update(moment)
+        _count_failure(email_key, moment, rule).on_conflict_do_update(
+            index_elements=[table.c.email], set_=_failure_update(moment, rule)
         )
     )
 

@@ -1,4 +1,5 @@
-"""What admins do to members: list, disable, enable, delete, change role."""
+"""What admins do to members: list, disable, enable, delete, change role,
+reset MFA."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import uuid
 import sqlalchemy as sa
 
 from idp.db import db
-from idp.models import EmailToken, Invitation, Session, User, Workspace
+from idp.models import (
+    EmailToken,
+    Invitation,
+    RecoveryCode,
+    Session,
+    TotpSecret,
+    User,
+    WebAuthnCredential,
+    Workspace,
+)
 from idp.models.users import ROLES
-from idp.services import audit, sessions
+from idp.services import audit, mail, mfa, sessions
 from idp.services.context import Context
 from idp.services.errors import Conflict, InvalidInput, NotFound
 from idp.services.permissions import require_admin
@@ -183,4 +193,42 @@ def change_role(
         details={"old": old, "new": role},
     )
     db.session.commit()
+    return user
+
+
+def reset_mfa(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str) -> User:
+    """An admin clears a member's factors (a lost phone or key): their
+    authenticator app, passkeys, security keys and recovery codes go, their
+    sessions end, and they are told by email. Under forced MFA they set up
+    a factor again at their next sign-in."""
+    user = _prepare(ctx, workspace, user_id, "mfa.reset")
+    _not_self(ctx, user, "reset the MFA of")
+    had = mfa.factors(user.id)
+    if not had.has_mfa and not had.recovery_left:
+        raise Conflict(f"{user.email} has no MFA to reset.", code="no_mfa")
+    for model in (TotpSecret, WebAuthnCredential, RecoveryCode):
+        db.session.execute(sa.delete(model).where(model.user_id == user.id))
+    ended = sessions.revoke_user_sessions(user.id, "mfa_reset")
+    audit.record(
+        ctx,
+        "mfa.reset",
+        workspace_id=workspace.id,
+        target=user,
+        details={
+            "removed": list(had.labels),
+            "recovery_codes": had.recovery_left,
+            "sessions_ended": ended,
+        },
+    )
+    db.session.commit()
+    mail.send(
+        mail.compose(
+            "mfa_reset",
+            user.email,
+            "Your multi-factor authentication was reset",
+            user=user,
+            workspace=workspace,
+            admin=ctx.label,
+        )
+    )
     return user

@@ -10,7 +10,6 @@ session, with its own new token.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from flask import Response, redirect, render_template, request, session, url_for
@@ -38,7 +37,7 @@ def begin(user: User, rd: str | None, *, enroll: bool) -> Response:
     session.pop("choose", None)
     session[FLOW] = {
         "uid": str(user.id),
-        "at": time.time(),
+        "at": now().timestamp(),
         "rd": rd,
         "fp": signin.choice_fingerprint([user]),
         "enroll": enroll,
@@ -53,7 +52,7 @@ def pending() -> User | None:
     if not isinstance(flow, dict):
         return None
     lifetime = settings()["sessions"]["flow_lifetime_seconds"]
-    if time.time() - flow.get("at", 0) > lifetime:
+    if now().timestamp() - flow.get("at", 0) > lifetime:
         session.pop(FLOW, None)
         return None
     try:
@@ -196,8 +195,13 @@ def mfa_setup_done():  # type: ignore[no-untyped-def]
         return _expired()
     if not mfa.factors(user.id).has_mfa:
         return redirect(url_for("auth.mfa_setup"))
+    flow = session.get(FLOW) or {}
+    if not (flow.get("enroll") and flow.get("amr")):
+        # Only a factor set up in this very sign-in leads here; anyone else
+        # with a factor proves it at the MFA step (else the password alone
+        # would sign in).
+        return redirect(url_for("auth.mfa_step"))
     if request.method == "GET":
         return render_template("auth/login_mfa_done.html", email=user.email)
-    flow = session.get(FLOW) or {}
     amr = [a for a in flow.get("amr", []) if isinstance(a, str)][:3]
     return finish(user, amr)

@@ -15,9 +15,21 @@ import sqlalchemy as sa
 
 from idp import cli
 from idp.db import db
-from idp.models import AuditEvent, DomainAllowEntry, IpAllowEntry, SecurityPolicy
+from idp.models import (
+    AuditEvent,
+    DomainAllowEntry,
+    IpAllowEntry,
+    SecurityPolicy,
+    TotpSecret,
+)
 from idp.services import security_policy
-from tests.conftest import login, make_user, make_workspace, session_cookie
+from tests.conftest import (
+    give_authenticator,
+    login,
+    make_user,
+    make_workspace,
+    session_cookie,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTSIDE = "198.51.100.7"
@@ -422,3 +434,46 @@ def test_the_installed_command_end_to_end(tmp_path, database_url):
     bad = run("workspace", "security", "acme", "--mfa", "maybe")
     assert bad.returncode == 2
     assert "invalid choice: 'maybe'" in bad.stderr
+
+
+# --- idp user reset-mfa -------------------------------------------------------
+
+
+def test_reset_mfa_lets_a_locked_out_admin_in_again(app, acme, idp, mailer):
+    """The only admin lost the phone while MFA is forced: the operator
+    removes the factors, and the next sign-in sets up a new one."""
+    give_authenticator(app, ADMIN)
+    set_policy(app, acme, mfa_mode="force")
+    assert login(app.test_client(), ADMIN).headers["Location"] == "/login/mfa"
+
+    code, out, err = idp("user", "reset-mfa", "--workspace", acme.slug, ADMIN)
+
+    assert (code, err) == (0, "")
+    assert out == f"mfa reset: {ADMIN} (sessions ended, member told by email)\n"
+    with app.app_context():
+        assert db.session.scalars(sa.select(TotpSecret)).all() == []
+        (event,) = db.session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "mfa.reset")
+        ).all()
+        assert event.actor_label == "operator (CLI)"
+    assert [m.to for m in mailer.sent] == [ADMIN]
+    client = app.test_client()
+    assert login(client, ADMIN).headers["Location"] == "/login/mfa/setup"
+    assert session_cookie(client) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--workspace", "nope", ADMIN), "There is no workspace"),
+        (("--workspace", "{slug}", "nobody@example.com"), "no member"),
+        (("--workspace", "{slug}", ADMIN), "has no MFA to reset"),
+    ],
+    ids=["unknown-workspace", "unknown-member", "nothing-to-reset"],
+)
+def test_reset_mfa_refuses_what_it_cannot_do(app, acme, idp, args, message):
+    args = tuple(a.format(slug=acme.slug) for a in args)
+    code, out, err = idp("user", "reset-mfa", *args)
+    assert code == 2
+    assert out == ""
+    assert message.lower() in err.lower()

@@ -20,6 +20,7 @@ from idp.services.reasons import MESSAGES
 from tests.conftest import (
     CSRF_PAGE,
     PASSWORD,
+    give_authenticator,
     login,
     make_user,
     make_workspace,
@@ -370,41 +371,36 @@ MODES = pytest.mark.parametrize("mode", ["force", "force_except_sso"])
 
 
 @MODES
-def test_forced_mfa_stops_a_password_sign_in_without_a_factor(app, acme, mode):
+def test_forced_mfa_takes_a_member_without_a_factor_to_set_up(app, acme, mode):
     set_policy(app, acme, mfa_mode=mode)
     client = browser(app)
     before = table_rows(app, Session, User)
 
     answer = login(client, "ann@example.com")
 
-    assert answer.status_code == 403
-    assert "Location" not in answer.headers
-    assert shows(answer, "mfa_enrollment_required")
+    # No session until a factor is set up: only the set-up pages open.
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "/login/mfa/setup"
     assert session_cookie(client) is None
     assert table_rows(app, Session, User) == before
-    (event,) = events(app, "signin.failure")
-    assert (event.reason, event.outcome) == ("mfa_enrollment_required", "denied")
     assert events(app, "signin.success") == []
     assert client.get(PROFILE).status_code == 302
+    assert client.get("/login/mfa/setup").status_code == 200
 
 
 @MODES
-def test_forced_mfa_stops_a_member_with_a_factor_at_the_mfa_step(
-    app, acme, mode, monkeypatch
-):
-    """The MFA step is not built yet: a member who has a factor is stopped
-    too, rather than let through on the password alone."""
-    monkeypatch.setattr("idp.services.policy.user_has_mfa", lambda user: True)
+def test_forced_mfa_asks_a_member_with_a_factor_at_the_mfa_step(app, acme, mode):
+    give_authenticator(app, "ann@example.com")
     set_policy(app, acme, mfa_mode=mode)
     client = browser(app)
 
     answer = login(client, "ann@example.com")
 
-    assert answer.status_code == 403
-    assert shows(answer, "mfa_required")
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "/login/mfa"
     assert session_cookie(client) is None
     assert session_rows(app) == []
-    assert events(app, "signin.failure")[0].reason == "mfa_required"
+    assert events(app, "signin.success") == []
 
 
 @MODES

@@ -30,6 +30,7 @@ from idp.services.sessions import session_facts
 from policies.mfa import mfa_enforcement
 from policies.time_limits import forced_relogin, idle_timeout
 from tests.conftest import (
+    give_authenticator,
     login,
     make_user,
     make_workspace,
@@ -983,12 +984,15 @@ def test_mfa_counts_active_members_and_admins(app, clock, acme):
 
 
 def test_the_sql_mfa_condition_agrees_with_user_has_mfa(app, acme):
+    make_user(app, acme, "fay@example.com")
+    give_authenticator(app, "fay@example.com")
     with app.app_context():
         users = db.session.scalars(sa.select(User)).all()
         sql = set(
             db.session.scalars(sa.select(User.id).where(checkup.has_mfa_clause()))
         )
         assert {u.id for u in users if user_has_mfa(u)} == sql
+        assert len(sql) == 1
 
 
 def make_session(app, user_email: str, now, **fields: Any) -> None:  # type: ignore[no-untyped-def]

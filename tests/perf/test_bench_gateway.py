@@ -339,6 +339,19 @@ def stack() -> Iterator[Stack]:
         finally:
             for process in reversed(processes):
                 stop(process)
+            _report_errors(work / "idp.log")
+
+
+def _report_errors(log: Path) -> None:
+    """Print every error the server logged during the run: a benchmark must
+    not hide a 500 behind its figures."""
+    if not log.exists():
+        return
+    lines = log.read_text(errors="replace").splitlines()
+    errors = [i for i, line in enumerate(lines) if "ERROR" in line]
+    if errors:
+        print(f"\n!! {len(errors)} errors in the server log; the first:")
+        print("\n".join(lines[errors[0] : errors[0] + 40]))
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}

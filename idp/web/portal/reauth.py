@@ -5,10 +5,11 @@ to log out every other session."""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import g, redirect, render_template, request, session, url_for
 
@@ -47,7 +48,12 @@ def recent_auth_required(view: Callable[..., Any]) -> Callable[..., Any]:
 def _portal_page(value: str | None) -> str:
     """Where to go back to: a portal page of this site, nothing else."""
     safe = safe_return_url(value)
-    if safe is not None and safe.startswith("/portal/"):
+    if (
+        safe is not None
+        and safe.startswith("/portal/")
+        and posixpath.normpath(urlsplit(safe).path).startswith("/portal/")
+        and "%" not in safe.split("?")[0]
+    ):
         return safe
     return url_for("portal.privacy_security")
 

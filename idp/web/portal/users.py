@@ -1,11 +1,12 @@
 """Users: every member with role, status and last sign-in; Invite; the
-per-user menu (Resend invitation email, Disable User, Delete User, role)."""
+per-user menu (Resend invitation email, Disable User, Reset MFA, Delete User,
+role)."""
 
 from __future__ import annotations
 
 from flask import flash, g, redirect, render_template, request, url_for
 
-from idp.services import invitations, users
+from idp.services import invitations, mfa, users
 from idp.services.errors import Conflict, Forbidden, InvalidInput
 from idp.web.errors import audit_refusal
 from idp.web.portal import admin_required, bp, login_required
@@ -19,7 +20,12 @@ FIELD_LIMIT = 400
 def users_tab():  # type: ignore[no-untyped-def]
     query = request.args.get("q", "")[:200]
     members = users.list_users(g.workspace, query)
-    return render_template("portal/users.html", members=members, query=query)
+    return render_template(
+        "portal/users.html",
+        members=members,
+        query=query,
+        mfa_of=mfa.factors_for(members),
+    )
 
 
 @bp.route("/users/invite", methods=["GET", "POST"])
@@ -89,6 +95,24 @@ def change_role(user_id: str):  # type: ignore[no-untyped-def]
     )
     label = "Admin" if user.role == "admin" else "Read Only"
     flash(f"{user.email} is now {label}.")
+    return redirect(url_for("portal.users"))
+
+
+@bp.route("/users/<user_id>/reset-mfa", methods=["GET", "POST"])
+@admin_required
+def reset_mfa(user_id: str):  # type: ignore[no-untyped-def]
+    member = users.get_member(g.workspace, user_id)
+    if request.method == "GET":
+        return render_template(
+            "portal/reset_mfa.html",
+            member=member,
+            factors=mfa.factors(member.id),
+        )
+    users.reset_mfa(context(), g.workspace, member.id)
+    flash(
+        f"The MFA of {member.email} is reset, and the member is signed out and told "
+        "by email."
+    )
     return redirect(url_for("portal.users"))
 
 
