@@ -103,6 +103,7 @@ class WebAuthnChallenge(Base):
         sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     purpose: Mapped[str] = mapped_column(sa.String(32))
-    challenge: Mapped[bytes] = mapped_column(sa.LargeBinary(64))
+    # Looked up by value when the browser answers.
+    challenge: Mapped[bytes] = mapped_column(sa.LargeBinary(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import uuid
 
+import sqlalchemy as sa
 from flask import Response, redirect, render_template, request, session, url_for
 
 from idp.clock import now
 from idp.db import db
 from idp.models import User
 from idp.services import mfa, signin
-from idp.services.errors import Throttled
+from idp.services.errors import InvalidInput, Throttled
 from idp.services.mfa import recovery, totp
 from idp.services.mfa import webauthn as webauthn_factor
 from idp.state import settings
@@ -65,9 +66,36 @@ def pending() -> User | None:
     return user
 
 
+def _claim(user: User) -> bool:
+    """Use the flow up, in the sign-in's own transaction: the account's last
+    sign-in moves on only if it is still what ``pending`` saw. Of two
+    requests finishing one flow at once (a copied flow cookie), exactly one
+    finds it so; the update waits for the other's (a row lock on
+    PostgreSQL, the write lock on SQLite)."""
+    seen = user.last_signin_at
+    claimed = db.session.execute(
+        sa.update(User)
+        .where(
+            User.id == user.id,
+            User.password_hash == user.password_hash,
+            User.last_signin_at.is_(None)
+            if seen is None
+            else User.last_signin_at == seen,
+        )
+        .values(last_signin_at=now())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return claimed == 1
+
+
 def finish(user: User, amr: list[str]) -> Response:
     """Issue the session after a verified second factor."""
     flow = session.get(FLOW) or {}
+    if not _claim(user):
+        db.session.rollback()
+        session.pop(FLOW, None)
+        audit_refusal(reason="signin_flow_used")
+        return _expired()
     signed_in = signin.complete_sign_in(
         context(), user, amr=[mfa.AMR_PASSWORD, *amr, mfa.AMR_MFA], mfa_at=now()
     )
@@ -136,8 +164,15 @@ def mfa_step():  # type: ignore[no-untyped-def]
             recovery.use(context(), user, _field("code", MAX_CODE_FIELD))
             amr = [mfa.AMR_RECOVERY]
         elif method == "webauthn" and have.security_keys + have.passkeys:
+            # Bound to the challenge this browser was handed, not only to
+            # the account: an answer made elsewhere does not count here.
+            from idp.web.mfa_webauthn import handed_out
+
             done = webauthn_factor.authenticate(
-                context(), user, _field("credential", MAX_CREDENTIAL_FIELD)
+                context(),
+                user,
+                _field("credential", MAX_CREDENTIAL_FIELD),
+                issued=handed_out("mfa_step"),
             )
             amr = [mfa.AMR_KEY]
             if done.user_verified:
@@ -145,16 +180,18 @@ def mfa_step():  # type: ignore[no-untyped-def]
         else:
             audit_refusal(reason="mfa_method_unknown")
             return _step_page(user, have, error="Choose a way to verify."), 400
-    except (mfa.MfaFailed, Throttled) as exc:
+    except (mfa.MfaFailed, Throttled, InvalidInput) as exc:
         audit_refusal(exc)
         return _step_page(user, have, error=exc.message, method=method), exc.status
     return finish(user, amr)
 
 
 def _field(name: str, limit: int) -> str:
+    """A posted field, refused (not counted as a guess, but audited by the
+    caller) when it is longer than any real one."""
     value = request.form.get(name, "")
     if len(value) > limit:
-        raise mfa.MfaFailed(code="field_too_long")
+        raise InvalidInput("That is far too long to be a code.", code="field_too_long")
     return value
 
 

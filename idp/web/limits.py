@@ -19,6 +19,13 @@ LIMITED = (
     "auth.forgot",
     "auth.invite_accept",
     "auth.reset_form",
+    # Passkeys and security keys (idp/web/mfa_webauthn.py): each POST also
+    # writes a challenge row.
+    "auth.passkey_options",
+    "auth.passkey_signin",
+    "auth.mfa_webauthn_options",
+    "auth.mfa_setup_webauthn",
+    "auth.mfa_setup_webauthn_options",
 )
 
 

@@ -16,6 +16,23 @@ from idp.web.portal import reauth
 from idp.web.requests import context
 
 MAX_CODE_FIELD = 64
+# The set-up this browser was shown (totp.Setup.ref), in its flow cookie.
+SETUP_REF = "totp_setup"
+
+
+def _shown() -> str:
+    value = session.get(SETUP_REF)
+    return value if isinstance(value, str) else ""
+
+
+def _new_page(
+    user: User, *, layout: str, action: str, cancel: str, email: str | None = None
+) -> str:
+    """The set-up page: the set-up this browser was shown, again (a reload),
+    or a new one; never one shown to another browser."""
+    setup = totp.current_setup(context(), user, ref=_shown())
+    session[SETUP_REF] = setup.ref
+    return _setup_page(setup, layout=layout, action=action, cancel=cancel, email=email)
 
 
 def _code() -> str:
@@ -47,14 +64,14 @@ def _setup_page(
 
 def _confirm(
     user: User, *, layout: str, action: str, cancel: str, email: str | None = None
-) -> tuple[str, int] | None:
+) -> tuple[str, int, dict[str, str]] | None:
     """Confirm the waiting set-up with the posted code: None when it is
     enabled, else the set-up page again with the reason and its status."""
     try:
-        totp.confirm_setup(context(), user, _code())
+        totp.confirm_setup(context(), user, _code(), ref=_shown())
     except (mfa.MfaFailed, Throttled) as exc:
         audit_refusal(exc)
-        setup = totp.pending_setup(user)
+        setup = totp.pending_setup(user, ref=_shown())
         if setup is None:
             raise
         page = _setup_page(
@@ -65,7 +82,11 @@ def _confirm(
             error=exc.message,
             email=email,
         )
-        return page, exc.status
+        headers = (
+            {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else {}
+        )
+        return page, exc.status, headers
+    session.pop(SETUP_REF, None)
     return None
 
 
@@ -85,7 +106,7 @@ def authenticator():  # type: ignore[no-untyped-def]
         if mfa.factors(g.user.id).totp:
             flash("Your authenticator app is already set up.")
             return redirect(url_for("portal.privacy_security"))
-        return _setup_page(totp.begin_setup(context(), g.user), **page)
+        return _new_page(g.user, **page)
     refused = _confirm(g.user, **page)
     if refused is not None:
         return refused
@@ -140,7 +161,7 @@ def mfa_setup_totp():  # type: ignore[no-untyped-def]
         "email": user.email,
     }
     if request.method == "GET":
-        return _setup_page(totp.begin_setup(context(), user), **page)
+        return _new_page(user, **page)
     refused = _confirm(user, **page)
     if refused is not None:
         return refused

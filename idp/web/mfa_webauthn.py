@@ -67,7 +67,7 @@ def _options(options: str, ceremony: str) -> Response:
     return Response(options, mimetype="application/json")
 
 
-def _issued(ceremony: str) -> str:
+def handed_out(ceremony: str) -> str:
     """The challenge this browser was handed for ``ceremony``, forgotten on
     use; "" (matching nothing) when it was handed none."""
     issued = session.get(ISSUED)
@@ -150,7 +150,7 @@ def webauthn_new(kind: str):  # type: ignore[no-untyped-def]
             kind,
             request.form.get("credential", ""),
             name,
-            issued=_issued(f"register_{kind}"),
+            issued=handed_out(f"register_{kind}"),
         )
     except (webauthn.RegistrationFailed, InvalidInput) as exc:
         audit_refusal(exc)
@@ -281,11 +281,11 @@ def passkey_signin():  # type: ignore[no-untyped-def]
             ctx,
             None,
             request.form.get("credential", ""),
-            issued=_issued("passkey_signin"),
+            issued=handed_out("passkey_signin"),
         )
     except mfa.MfaFailed as exc:
         return render_template(
-            "auth/login_email.html", rd=rd, passkey_error=exc.message
+            "auth/login_email.html", rd=rd, error=exc.message
         ), exc.status
     member = Context.for_user(done.user, ctx.client, ctx.session)
     signed_in = signin.complete_sign_in(
@@ -311,7 +311,9 @@ def mfa_webauthn_options():  # type: ignore[no-untyped-def]
     have = mfa.factors(user.id)
     if not have.passkeys + have.security_keys:
         return _json_error(400, "You have no passkey or security key.", "no_key")
-    return Response(webauthn.authentication_options(user), mimetype="application/json")
+    # Kept for the step's answer too: auth_mfa may pass
+    # handed_out("mfa_step") as ``issued`` to bind it to this browser.
+    return _options(webauthn.authentication_options(user), "mfa_step")
 
 
 _EXPIRED_SIGNIN = "This sign-in has expired. Start again."
@@ -359,7 +361,7 @@ def mfa_setup_webauthn(kind: str):  # type: ignore[no-untyped-def]
             kind,
             request.form.get("credential", ""),
             name,
-            issued=_issued(f"register_{kind}"),
+            issued=handed_out(f"register_{kind}"),
         )
     except (webauthn.RegistrationFailed, InvalidInput) as exc:
         audit_refusal(exc)
@@ -379,11 +381,16 @@ def mfa_setup_webauthn(kind: str):  # type: ignore[no-untyped-def]
 def mfa_setup_webauthn_options(kind: str):  # type: ignore[no-untyped-def]
     user, elsewhere = _setup_user()
     if user is None:
-        # Whatever stops the page stops its script; it goes where told.
-        message = "This step of signing in is over."
-        return jsonify(
-            error="Request refused", message=message, location=elsewhere
-        ), 409
+        # Whatever stops the page stops its script, which goes where told.
+        expired = auth_mfa.pending() is None
+        if expired:
+            audit_refusal(reason="signin_flow_expired")
+        body = jsonify(
+            error="Request refused",
+            message=_EXPIRED_SIGNIN if expired else "This step of signing in is over.",
+            location=elsewhere,
+        )
+        return body, 401 if expired else 409
     options = webauthn.registration_options(
         Context.for_user(user, context().client), user, kind
     )

@@ -107,6 +107,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("webauthn_challenges", schema=None) as batch_op:
         batch_op.create_index(
+            batch_op.f("ix_webauthn_challenges_challenge"), ["challenge"], unique=False
+        )
+        batch_op.create_index(
             batch_op.f("ix_webauthn_challenges_expires_at"),
             ["expires_at"],
             unique=False,
@@ -172,6 +175,7 @@ def downgrade() -> None:
     op.drop_table("webauthn_credentials")
     with op.batch_alter_table("webauthn_challenges", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_webauthn_challenges_user_id"))
+        batch_op.drop_index(batch_op.f("ix_webauthn_challenges_challenge"))
         batch_op.drop_index(batch_op.f("ix_webauthn_challenges_expires_at"))
 
     op.drop_table("webauthn_challenges")

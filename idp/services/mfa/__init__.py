@@ -167,7 +167,18 @@ def mfa_forced(workspace_id: uuid.UUID) -> bool:
 def ensure_may_remove(user: User, *, totp: bool = False, credentials: int = 0) -> None:
     """Refuse to remove the member's last factor while the workspace forces
     MFA: ``totp`` when the authenticator app goes, ``credentials`` how many
-    WebAuthn credentials go."""
+    WebAuthn credentials go.
+
+    The member's row is written first, which locks it (a row lock on
+    PostgreSQL, the write lock on SQLite) until the caller commits or rolls
+    back: two removals at once are counted one after the other, so they
+    cannot both take what each thinks is the second-last factor."""
+    db.session.execute(
+        sa.update(User)
+        .where(User.id == user.id)
+        .values(workspace_id=User.workspace_id)
+        .execution_options(synchronize_session=False)
+    )
     now_has = factors(user.id)
     left = now_has.count - int(totp and now_has.totp) - credentials
     if left <= 0 and now_has.has_mfa and mfa_forced(user.workspace_id):

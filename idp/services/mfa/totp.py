@@ -5,8 +5,12 @@ Contract (the sign-in step and the portal call these):
 - ``begin_setup(ctx, user) -> Setup``: a new secret for the member (an
   unconfirmed row replacing any earlier unconfirmed one), with its
   ``otpauth://`` URI and the QR code as SVG markup.
-- ``confirm_setup(ctx, user, code) -> None``: enables the app when the code
-  verifies (MFA-1 rules); raises MfaFailed otherwise. Audited.
+- ``confirm_setup(ctx, user, code, ref=...) -> None``: enables the app when
+  the code verifies (MFA-1 rules); raises MfaFailed otherwise. Audited.
+- A set-up waiting for its code is shown again (``current_setup``,
+  ``pending_setup``) and confirmed only with its ``Setup.ref``, which the
+  browser it was first shown to keeps: another browser or session of the
+  member (someone else with the password) never sees that secret.
 - ``verify(ctx, user, code) -> None``: the MFA step; raises MfaFailed (or
   Throttled). Each code works once, even across parallel requests.
 - ``remove(ctx, user) -> None``: refuses the last factor while MFA is
@@ -24,6 +28,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pyotp
 import segno
@@ -45,6 +50,8 @@ STEP_SECONDS = 30
 # Steps of clock drift accepted each way (RFC 6238 section 5.2).
 TOLERANCE = 1
 CODE_RE = re.compile(r"[0-9]{6}")
+# A set-up page shown again within this time shows the same secret.
+SETUP_REUSE_SECONDS = 600
 # Typed codes may carry spaces ("123 456"); nothing else is cleaned.
 SPACES = re.compile(r"\s+")
 
@@ -57,6 +64,9 @@ class Setup:
     secret: str
     uri: str
     qr_svg: str
+    # Names this set-up without revealing it: a digest of the stored, sealed
+    # secret. Only a browser holding it sees the set-up again or confirms it.
+    ref: str = ""
 
     @property
     def grouped_secret(self) -> str:
@@ -98,7 +108,17 @@ def _issuer() -> str:
     return settings()["mfa"]["totp_issuer"].replace(":", "").strip() or "Portcullis"
 
 
-def _setup_for(secret: str, user: User) -> Setup:
+def _ref(sealed: str) -> str:
+    return hashlib.sha256(sealed.encode()).hexdigest()
+
+
+def _held_by(row: TotpSecret, ref: str | None) -> bool:
+    """Whether ``ref`` names this waiting set-up. None means the caller holds
+    the secret itself (a script, a test), never a browser."""
+    return ref is None or secrets_equal(_ref(row.secret_encrypted), ref)
+
+
+def _setup_for(secret: str, user: User, sealed: str) -> Setup:
     issuer = _issuer()
     uri = _otp(secret).provisioning_uri(name=user.email, issuer_name=issuer)
     qr = segno.make(uri, error="m", micro=False)
@@ -113,7 +133,7 @@ def _setup_for(secret: str, user: User) -> Setup:
         lineclass=None,
         title=f"QR code for {issuer}",
     )
-    return Setup(secret=secret, uri=uri, qr_svg=svg)
+    return Setup(secret=secret, uri=uri, qr_svg=svg, ref=_ref(sealed))
 
 
 # --- the per-member attempt count ---------------------------------------------
@@ -179,6 +199,7 @@ def begin_setup(ctx: Context, user: User) -> Setup:
             code="totp_exists",
         )
     secret = pyotp.random_base32()
+    sealed = _seal(secret)
     db.session.execute(
         sa.delete(TotpSecret).where(
             TotpSecret.user_id == user.id, TotpSecret.confirmed_at.is_(None)
@@ -188,7 +209,7 @@ def begin_setup(ctx: Context, user: User) -> Setup:
         TotpSecret(
             user_id=user.id,
             workspace_id=user.workspace_id,
-            secret_encrypted=_seal(secret),
+            secret_encrypted=sealed,
             created_at=now(),
         )
     )
@@ -201,22 +222,41 @@ def begin_setup(ctx: Context, user: User) -> Setup:
             "Your authenticator app was set up in another window.",
             code="totp_exists",
         ) from exc
-    return _setup_for(secret, user)
+    return _setup_for(secret, user, sealed)
 
 
-def pending_setup(user: User) -> Setup | None:
+def current_setup(ctx: Context, user: User, *, ref: str) -> Setup:
+    """The set-up page's secret: the waiting one if this browser was shown
+    it (``ref``) within SETUP_REUSE_SECONDS (a reload must not kill a secret
+    just scanned), else a new one. Another browser of the member (someone
+    else with the password) is never shown the secret being scanned."""
+    row = _unconfirmed(user)
+    if (
+        row is not None
+        and ref
+        and _held_by(row, ref)
+        and now() - row.created_at <= timedelta(seconds=SETUP_REUSE_SECONDS)
+    ):
+        return _setup_for(_unseal(row.secret_encrypted), user, row.secret_encrypted)
+    return begin_setup(ctx, user)
+
+
+def pending_setup(user: User, *, ref: str | None = None) -> Setup | None:
     """The set-up still waiting for its first code, to show again after a
-    wrong one; None when there is none."""
+    wrong one; None when there is none, or when ``ref`` does not name it."""
     row = _unconfirmed(user)
-    if row is None:
+    if row is None or not _held_by(row, ref):
         return None
-    return _setup_for(_unseal(row.secret_encrypted), user)
+    return _setup_for(_unseal(row.secret_encrypted), user, row.secret_encrypted)
 
 
-def confirm_setup(ctx: Context, user: User, code: str) -> None:
-    """Enable the waiting set-up when ``code`` is right for it."""
+def confirm_setup(
+    ctx: Context, user: User, code: str, *, ref: str | None = None
+) -> None:
+    """Enable the waiting set-up when ``code`` is right for it, and (with
+    ``ref``) only the set-up this browser was shown."""
     row = _unconfirmed(user)
-    if row is None:
+    if row is None or not _held_by(row, ref):
         raise InvalidInput(
             "No authenticator app set-up is waiting for a code. Start the set-up "
             "again.",

@@ -15,22 +15,19 @@ Contract:
 - ``rename(ctx, user, credential_id, name)``, ``delete(ctx, user,
   credential_id)`` (refuses the last factor while MFA is forced).
 
-Challenges live in the database (every instance sees them) and are found
-again by their value, which only the browser that asked was given, and by
-the account they were issued for. Taking one deletes its row before any
-other check, so it works once; a refused ceremony commits that deletion
-with its audit event. An adapter that kept the challenge it handed out may
-pass it as ``issued``, binding the ceremony to that browser too.
+Each ceremony spends its challenge (``webauthn_challenges``) before any
+other check; a refused ceremony commits that with its audit event, so a
+challenge works once whatever the outcome. An adapter that kept the
+challenge it handed out passes it as ``issued``, binding the ceremony to
+that browser too.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 import unicodedata
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -42,7 +39,6 @@ from webauthn import (
     verify_registration_response,
 )
 from webauthn.helpers import (
-    bytes_to_base64url,
     parse_authentication_credential_json,
     parse_client_data_json,
     parse_registration_credential_json,
@@ -60,13 +56,14 @@ from webauthn.helpers.structs import (
 
 from idp.clock import now
 from idp.db import db
-from idp.models import User, WebAuthnChallenge, WebAuthnCredential
+from idp.models import User, WebAuthnCredential
 from idp.models.credentials import WEBAUTHN_KINDS
 from idp.security import secrets_equal
 from idp.services import audit
 from idp.services.context import Context
 from idp.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
 from idp.services.mfa import MfaFailed, ensure_may_remove
+from idp.services.mfa import webauthn_challenges as challenges
 from idp.state import settings
 
 # A real credential's JSON is one or two kilobytes; attestation certificate
@@ -75,9 +72,12 @@ MAX_CREDENTIAL_JSON = 16_384
 MAX_NAME = 100
 # Enough for every device a person owns; a bound on what one account stores.
 MAX_CREDENTIALS = 20
-CHALLENGE_BYTES = 32
 
 KIND_LABELS = {"passkey": "Passkey", "security_key": "Security key"}
+UNAVAILABLE = (
+    "Passkeys and security keys need Portcullis to be reached by a host name, "
+    "not an IP address. Ask the operator to set a host name as its public URL."
+)
 NOT_VERIFIED = "That passkey or security key could not be verified. Try again."
 EXPIRED = "That request took too long and has expired. Try again."
 CLONED = (
@@ -161,7 +161,7 @@ def registration_options(ctx: Context, user: User, kind: str) -> str:
             code="too_many_credentials",
         )
     s = settings()
-    challenge = _new_challenge(user.id, f"register_{kind}")
+    challenge = challenges.issue(user.id, f"register_{kind}")
     if kind == "passkey":
         # Discoverable and verifying the person: it signs in on its own.
         selection = AuthenticatorSelectionCriteria(
@@ -184,7 +184,7 @@ def registration_options(ctx: Context, user: User, kind: str) -> str:
         user_name=user.email,
         user_display_name=user.full_name or user.email,
         challenge=challenge,
-        timeout=_timeout_ms(),
+        timeout=challenges.lifetime() * 1000,
         attestation=AttestationConveyancePreference.NONE,
         authenticator_selection=selection,
         # One authenticator holds one credential of ours per account.
@@ -226,7 +226,7 @@ def register(
     except Exception:  # noqa: BLE001 - any malformed input is refused, never a 500
         refuse("malformed_credential")
     purpose = f"register_{kind}"
-    problem = _take_challenge(challenge, purpose, user.id, issued=issued)
+    problem = challenges.take(challenge, purpose, user.id, issued=issued)
     if problem is not None:
         refuse(problem, EXPIRED if problem == "challenge_expired" else None)
 
@@ -273,7 +273,7 @@ def register(
     except sa.exc.IntegrityError:
         # Registered by a parallel request between the check and the commit.
         db.session.rollback()
-        _take_challenge(challenge, purpose, user.id)
+        challenges.take(challenge, purpose, user.id)
         refuse("credential_registered", "This key is already registered.")
     return credential
 
@@ -327,11 +327,11 @@ def authentication_options(user: User | None) -> str:
     else:
         allow = [_descriptor(c) for c in credentials(user)]
         verification = UserVerificationRequirement.DISCOURAGED
-    challenge = _new_challenge(user.id if user else None, "authenticate")
+    challenge = challenges.issue(user.id if user else None, "authenticate")
     options = generate_authentication_options(
         rp_id=settings().webauthn_rp_id,
         challenge=challenge,
-        timeout=_timeout_ms(),
+        timeout=challenges.lifetime() * 1000,
         allow_credentials=allow,
         user_verification=verification,
     )
@@ -366,7 +366,7 @@ def authenticate(
         challenge = parse_client_data_json(parsed.response.client_data_json).challenge
     except Exception:  # noqa: BLE001 - any malformed input is refused, never a 500
         refuse("malformed_credential")
-    problem = _take_challenge(
+    problem = challenges.take(
         challenge, "authenticate", user.id if user else None, issued=issued
     )
     if problem is not None:
@@ -477,6 +477,9 @@ def rename(
 def delete(ctx: Context, user: User, credential_id: str | uuid.UUID) -> None:
     """Remove one of the member's credentials; Forbidden for the last
     factor while the workspace forces MFA."""
+    # The member's row locked (PostgreSQL): two removals at once cannot both
+    # count the other's factor as the one that stays.
+    db.session.execute(sa.select(User.id).where(User.id == user.id).with_for_update())
     credential = credential_of(user, credential_id)
     ensure_may_remove(user, credentials=1)
     audit.record(
@@ -502,65 +505,6 @@ def clean_name(name: str, kind: str) -> str:
     return text or KIND_LABELS[kind]
 
 
-# --- challenges ---------------------------------------------------------------
-
-
-def _new_challenge(user_id: uuid.UUID | None, purpose: str) -> bytes:
-    """A fresh random challenge, stored for one use. Expired ones of anybody
-    are cleared on the way, so the table stays small."""
-    moment = now()
-    db.session.execute(
-        sa.delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at < moment)
-    )
-    value = secrets.token_bytes(CHALLENGE_BYTES)
-    db.session.add(
-        WebAuthnChallenge(
-            user_id=user_id,
-            purpose=purpose,
-            challenge=value,
-            created_at=moment,
-            expires_at=moment + timedelta(seconds=_lifetime()),
-        )
-    )
-    return value
-
-
-def _take_challenge(
-    value: bytes,
-    purpose: str,
-    user_id: uuid.UUID | None,
-    *,
-    issued: str | None = None,
-) -> str | None:
-    """Spend the challenge the browser signed: its row is deleted first, in
-    the caller's transaction, so a second use (even a parallel one) finds
-    nothing. None when it was live; else the reason code: no such
-    challenge for this purpose and account (or this browser was handed
-    another one), or past its life."""
-    if issued is not None and not secrets_equal(bytes_to_base64url(value), issued):
-        return "challenge_unknown"
-    owner = (
-        WebAuthnChallenge.user_id.is_(None)
-        if user_id is None
-        else WebAuthnChallenge.user_id == user_id
-    )
-    taken = db.session.execute(
-        sa.delete(WebAuthnChallenge)
-        .where(
-            WebAuthnChallenge.challenge == value,
-            WebAuthnChallenge.purpose == purpose,
-            owner,
-        )
-        .returning(WebAuthnChallenge.expires_at),
-        execution_options={"synchronize_session": False},
-    ).first()
-    if taken is None:
-        return "challenge_unknown"
-    if taken.expires_at <= now():
-        return "challenge_expired"
-    return None
-
-
 # --- helpers ------------------------------------------------------------------
 
 
@@ -572,20 +516,6 @@ def _check_kind(kind: str) -> None:
 def _require_available() -> None:
     if not settings().webauthn_available:
         raise Forbidden(UNAVAILABLE, code="webauthn_unavailable")
-
-
-UNAVAILABLE = (
-    "Passkeys and security keys need Portcullis to be reached by a host name, "
-    "not an IP address. Ask the operator to set a host name as its public URL."
-)
-
-
-def _lifetime() -> int:
-    return int(settings()["webauthn"]["challenge_seconds"])
-
-
-def _timeout_ms() -> int:
-    return _lifetime() * 1000
 
 
 def _descriptor(credential: WebAuthnCredential) -> PublicKeyCredentialDescriptor:
@@ -601,7 +531,9 @@ def _descriptor(credential: WebAuthnCredential) -> PublicKeyCredentialDescriptor
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc)
+    # Up to the first quote: what follows quotes the answer, which the
+    # sender chose (a client data type of "origin", say).
+    text = str(exc).split('"', 1)[0]
     for fragment, code in _REASONS:
         if fragment in text:
             return code
