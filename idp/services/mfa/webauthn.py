@@ -97,7 +97,9 @@ _REASONS = (
     ("signature", "bad_signature"),
     ("alg", "unsupported_algorithm"),
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and the invisible marks that reorder text (bidi
+# overrides and isolates), which would make a name read as another one.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class RegistrationFailed(ServiceError):
@@ -407,7 +409,36 @@ def authenticate(
         refuse(_reason(exc), cause=exc)
 
     stored, asserted = credential.sign_count, verified.new_sign_count
-    if (stored or asserted) and asserted <= stored:
+    regressed = bool(stored or asserted) and asserted <= stored
+    if not regressed:
+        # Only now, with every check passed, is anything about the key
+        # written, and only if the stored count is still below this one: a
+        # parallel sign-in with a copy of the key may have moved it since it
+        # was read (the row lock makes this update wait for that one and
+        # judge the count it wrote).
+        moved = db.session.execute(
+            sa.update(WebAuthnCredential)
+            .where(
+                WebAuthnCredential.id == credential.id,
+                WebAuthnCredential.sign_count < asserted
+                if asserted
+                else WebAuthnCredential.sign_count == 0,
+            )
+            .values(
+                sign_count=asserted,
+                backed_up=verified.credential_backed_up,
+                last_used_at=now(),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if moved != 1:
+            regressed = True
+            stored = db.session.scalar(
+                sa.select(WebAuthnCredential.sign_count).where(
+                    WebAuthnCredential.id == credential.id
+                )
+            )
+    if regressed:
         # A counter that did not move forward: two copies of one key.
         audit.record(
             ctx,
@@ -419,12 +450,9 @@ def authenticate(
             details={"stored_count": stored, "asserted_count": asserted},
         )
         refuse("possible_clone", CLONED)
-
-    # Only now, with every check passed, is anything about the key written.
-    credential.sign_count = asserted
-    credential.backed_up = verified.credential_backed_up
-    credential.last_used_at = now()
     db.session.commit()
+    # The update bypassed the object: read it again when next used.
+    db.session.expire(credential)
     return Authenticated(owner, credential, verified.user_verified)
 
 

@@ -23,6 +23,10 @@ from idp.security import secrets_equal
 from idp.state import settings
 
 CHALLENGE_BYTES = 32
+# Live challenges one account may hold: enough for a few browsers at once.
+# Without a bound, a member asking for options in a loop (the portal's are
+# not rate limited) would write a row per request, each kept for minutes.
+MAX_LIVE_PER_ACCOUNT = 5
 
 
 def lifetime() -> int:
@@ -33,12 +37,27 @@ def lifetime() -> int:
 def issue(user_id: uuid.UUID | None, purpose: str) -> bytes:
     """A fresh random challenge for one ceremony of ``purpose``, for this
     account (None: a passkey sign-in, account unknown). Expired challenges
-    of anybody are cleared on the way, so the table stays small. The caller
-    commits."""
+    of anybody are cleared on the way, and an account's oldest beyond
+    ``MAX_LIVE_PER_ACCOUNT``, so the table stays small (anonymous ones are
+    bounded by the rate limit of their endpoints). The caller commits."""
     moment = now()
     db.session.execute(
         sa.delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at < moment)
     )
+    if user_id is not None:
+        newest = (
+            sa.select(WebAuthnChallenge.id)
+            .where(WebAuthnChallenge.user_id == user_id)
+            .order_by(WebAuthnChallenge.created_at.desc(), WebAuthnChallenge.id)
+            .limit(MAX_LIVE_PER_ACCOUNT - 1)
+        )
+        db.session.execute(
+            sa.delete(WebAuthnChallenge).where(
+                WebAuthnChallenge.user_id == user_id,
+                WebAuthnChallenge.id.not_in(newest),
+            ),
+            execution_options={"synchronize_session": False},
+        )
     value = secrets.token_bytes(CHALLENGE_BYTES)
     db.session.add(
         WebAuthnChallenge(
