@@ -200,7 +200,7 @@ def cmd_user_reset_mfa(args: argparse.Namespace) -> int:
             )
         )
         if member is None:
-            return _fail(f"no member {args.email} in {workspace.slug}")
+            return _fail(f"There is no member {args.email} in {workspace.slug}.")
         try:
             users.reset_mfa(Context.operator(), workspace, member.id)
         except Conflict as exc:

@@ -78,7 +78,9 @@ def _count(number: int, unit: str) -> str:
 
 def _plain(value: Any) -> str:
     if isinstance(value, list | tuple):
-        return " ".join(_plain(item) for item in value)
+        items = [_plain(item) for item in value]
+        # Codes read best as "pwd otp"; names need commas between them.
+        return (", " if any(" " in item for item in items) else " ").join(items)
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
     return str(value)

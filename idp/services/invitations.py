@@ -14,7 +14,7 @@ from idp.db import db
 from idp.models import Invitation, User, Workspace
 from idp.models.users import ROLES
 from idp.security import InvalidEmail, new_token, parse_email, token_digest
-from idp.services import audit, mail, signin
+from idp.services import audit, mail
 from idp.services.context import Context
 from idp.services.domains import require_allowed_domain
 from idp.services.errors import Conflict, InvalidInput, InvalidLink, NotFound
@@ -200,9 +200,11 @@ def invitation_for(token: str | None, *, viewer: Context | None = None) -> Invit
 
 def accept_invitation(
     ctx: Context, token: str | None, *, full_name: str, password: str
-) -> signin.SignedIn:
-    """Set name and password, activate the account and sign it in. Returns
-    the new session token. Two acceptances of one link: exactly one wins."""
+) -> User:
+    """Set name and password and activate the account, which then signs in
+    as after a password (idp.web.auth_mfa.proceed: at once, or through
+    setting up a factor when the workspace forces MFA). Two acceptances of
+    one link: exactly one wins."""
     invitation = invitation_for(token)
     user = invitation.user
     if ctx.user is not None and ctx.user.id != user.id:
@@ -257,4 +259,4 @@ def accept_invitation(
     )
     db.session.commit()
     db.session.refresh(user)
-    return signin.complete_sign_in(ctx, user, amr=["pwd"])
+    return user

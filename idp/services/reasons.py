@@ -13,7 +13,7 @@ MESSAGES = {
     "ip_unknown": "Your network address could not be determined, and this workspace only allows listed addresses. Ask an admin of the workspace.",
     "idle_timeout": "You were signed out after a period of inactivity. Sign in again.",
     "relogin_required": "Your workspace asks you to sign in again every few days. Sign in again.",
-    "mfa_required": "Your workspace requires multi-factor authentication. Sign in again with your second factor.",
+    "mfa_required": "Your workspace now requires multi-factor authentication. Sign in again to continue.",
     "mfa_enrollment_required": "Your workspace requires multi-factor authentication. Set up a second factor to continue.",
     "mfa_reset": "An admin reset your multi-factor authentication, which signed you out. Sign in again.",
     "role_not_allowed": "Your role in this workspace does not give access to this page.",

@@ -228,7 +228,7 @@ def reset_mfa(ctx: Context, workspace: Workspace, user_id: uuid.UUID | str) -> U
             "Your multi-factor authentication was reset",
             user=user,
             workspace=workspace,
-            admin=ctx.label,
+            admin=ctx.label if ctx.actor_type == "user" else "An administrator",
         )
     )
     return user

@@ -245,7 +245,7 @@ def invite_accept():  # type: ignore[no-untyped-def]
                 error="The two passwords differ.",
             ), 400
         try:
-            signed_in = invitations.accept_invitation(
+            joined = invitations.accept_invitation(
                 context(), token, full_name=full_name, password=password
             )
         except InvalidLink as exc:
@@ -258,7 +258,8 @@ def invite_accept():  # type: ignore[no-untyped-def]
                 full_name=full_name,
                 error=exc.message,
             ), 400
-        return finish_sign_in(signed_in, None)
+        session.pop("invite", None)
+        return _proceed(joined, None)
     return render_template(
         "auth/invite.html", invitation=invitation, full_name=invitation.user.full_name
     )

@@ -111,6 +111,7 @@ def authenticator():  # type: ignore[no-untyped-def]
     if refused is not None:
         return refused
     reauth.offer_logout_others()
+    flash("Your authenticator app is set up.")
     return auth_mfa.enrolled(
         g.user, [mfa.AMR_TOTP], continue_url=url_for("portal.privacy_security")
     )

@@ -467,7 +467,7 @@ def test_reset_mfa_lets_a_locked_out_admin_in_again(app, acme, idp, mailer):
     ("args", "message"),
     [
         (("--workspace", "nope", ADMIN), "There is no workspace"),
-        (("--workspace", "{slug}", "nobody@example.com"), "no member"),
+        (("--workspace", "{slug}", "nobody@example.com"), "There is no member"),
         (("--workspace", "{slug}", ADMIN), "has no MFA to reset"),
     ],
     ids=["unknown-workspace", "unknown-member", "nothing-to-reset"],

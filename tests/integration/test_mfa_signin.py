@@ -389,3 +389,42 @@ def test_a_reset_ends_the_members_sessions_with_a_reason(app, acme):
     answer = member.get(PROFILE)
     assert answer.status_code == 302
     assert "reason=mfa_reset" in answer.headers["Location"]
+
+
+@pytest.mark.parametrize("mode", ["off", "force"])
+def test_joining_by_invitation_under_forced_mfa_leads_to_set_up(
+    app, acme, mailer, mode
+):
+    """Accepting an invitation is a password sign-in: under forced MFA it
+    continues to setting up a factor, never to an error page."""
+    admin = signed_in(app, "boss@example.com")
+    post_form(
+        admin,
+        "/portal/users/invite",
+        {"email": "new@example.com", "role": "read_only", "full_name": "New"},
+    )
+    set_policy(app, acme, mfa_mode=mode)
+    link = mailer.last_to("new@example.com").link.removeprefix("http://localhost")
+    joiner = app.test_client()
+    assert joiner.get(link).headers["Location"] == "/invite"
+    token = csrf_from(joiner, "/invite")
+
+    answer = joiner.post(
+        "/invite",
+        data={
+            "full_name": "New Member",
+            "password": "a long new passphrase",
+            "password_confirm": "a long new passphrase",
+            "csrf_token": token,
+        },
+    )
+
+    assert answer.status_code == 302
+    if mode == "force":
+        assert answer.headers["Location"] == "/login/mfa/setup"
+        assert session_cookie(joiner) is None
+        assert joiner.get("/login/mfa/setup").status_code == 200
+        assert events(app, "signin.failure") == []
+    else:
+        assert answer.headers["Location"] == "/portal/profile"
+        assert session_cookie(joiner) is not None
