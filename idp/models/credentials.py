@@ -67,8 +67,8 @@ class WebAuthnCredential(Base):
 
 
 class RecoveryCode(Base):
-    """One single-use recovery code, kept as its SHA-256: the codes are
-    random with 60 bits each, so no slow password hash is needed."""
+    """One single-use recovery code, kept as an HMAC keyed with the
+    installation's secret key (services.mfa.recovery.digests)."""
 
     __tablename__ = "recovery_codes"
 

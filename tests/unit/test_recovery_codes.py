@@ -116,10 +116,11 @@ def test_ten_codes_are_issued_and_kept_only_as_hashes(ann, codes):
     stored = db.session.scalars(
         sa.select(RecoveryCode.code_hash).where(RecoveryCode.user_id == ann.id)
     ).all()
-    expected = {
-        hashlib.sha256(code.replace("-", "").encode()).hexdigest() for code in codes
-    }
+    expected = {recovery.digests(ann.id, code.replace("-", ""))[0] for code in codes}
     assert set(stored) == expected
+    # Keyed: a plain hash of a code is nowhere in the table.
+    plain = {hashlib.sha256(c.replace("-", "").encode()).hexdigest() for c in codes}
+    assert not set(stored) & plain
     assert recovery.remaining(ann.id) == 10
     (event,) = events("mfa.recovery_issued")
     assert event.details == {"count": 10} and event.actor_label == ANN

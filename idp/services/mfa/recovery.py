@@ -20,12 +20,14 @@ guessing, so no slow hash is needed (SECURITY.md 6.5.2).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import re
 import secrets
 import uuid
 
 import sqlalchemy as sa
+from flask import current_app
 
 from idp.clock import now
 from idp.db import db
@@ -60,8 +62,17 @@ def normalize(code: str) -> str | None:
     return text
 
 
-def digest(normalized: str) -> str:
-    return hashlib.sha256(normalized.encode("ascii")).hexdigest()
+def digests(user_id: uuid.UUID, normalized: str) -> list[str]:
+    """The stored forms of a code, newest secret key first: HMAC-SHA256
+    keyed with the installation's secret key and bound to the member. The
+    codes carry 60 random bits, too few to leave to a plain hash: with a
+    copy of the database alone, nobody can test guesses offline (NIST
+    SP 800-63B look-up secrets). A rotated key keeps old codes working."""
+    message = f"recovery-code:{user_id}:{normalized}".encode("ascii")
+    return [
+        hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+        for key in current_app.extensions["idp_keys"].secrets
+    ]
 
 
 def issue(ctx: Context, user: User) -> list[str]:
@@ -85,7 +96,7 @@ def issue(ctx: Context, user: User) -> list[str]:
         RecoveryCode(
             workspace_id=user.workspace_id,
             user_id=user.id,
-            code_hash=digest(code.replace("-", "")),
+            code_hash=digests(user.id, code.replace("-", ""))[0],
             created_at=moment,
         )
         for code in codes
@@ -118,7 +129,7 @@ def use(ctx: Context, user: User, code: str) -> None:
         sa.update(RecoveryCode)
         .where(
             RecoveryCode.user_id == user.id,
-            RecoveryCode.code_hash == digest(normalized),
+            RecoveryCode.code_hash.in_(digests(user.id, normalized)),
             RecoveryCode.used_at.is_(None),
         )
         .values(used_at=moment)
