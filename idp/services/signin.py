@@ -170,20 +170,14 @@ def complete_sign_in(
         )
         is None
     )
-    pctx = policies.PolicyContext(
-        now=moment,
-        user=user_facts(current, with_mfa=True),
-        stage="sign_in",
-        session=policies.SessionFacts(
-            created_at=moment,
-            authenticated_at=moment,
-            last_seen_at=moment,
-            mfa_at=mfa_at,
-            amr=tuple(amr),
-            via_sso=sso_connection_id is not None,
-        ),
-        client_ip=ctx.client.ip,
-        policy=policy,
+    pctx = _sign_in_context(
+        ctx,
+        current,
+        policy,
+        moment,
+        mfa_at=mfa_at,
+        amr=amr,
+        via_sso=sso_connection_id is not None,
         open_sessions=open_ids,
     )
     decision = policies.evaluate(pctx)
@@ -235,15 +229,19 @@ def complete_sign_in(
     return SignedIn(token, ended)
 
 
-def second_step(ctx: Context, user: User) -> str | None:
-    """What the sign-in needs after the password: None (issue the session),
-    "mfa" (ask for a factor) or "enroll" (MFA is forced and the member has
-    none: set one up first). A refusal of the account or the address
-    (Forbidden, audited) comes before any factor is asked for."""
-    from idp.services import mfa
-
-    moment = now()
-    pctx = policies.PolicyContext(
+def _sign_in_context(
+    ctx: Context,
+    user: User | None,
+    policy: policies.WorkspacePolicy,
+    moment: datetime,
+    *,
+    mfa_at: datetime | None,
+    amr: list[str],
+    via_sso: bool = False,
+    open_sessions: tuple[str, ...] = (),
+) -> policies.PolicyContext:
+    """The pipeline's view of the session a sign-in is about to create."""
+    return policies.PolicyContext(
         now=moment,
         user=user_facts(user, with_mfa=True),
         stage="sign_in",
@@ -251,12 +249,25 @@ def second_step(ctx: Context, user: User) -> str | None:
             created_at=moment,
             authenticated_at=moment,
             last_seen_at=moment,
-            mfa_at=None,
-            amr=("pwd",),
-            via_sso=False,
+            mfa_at=mfa_at,
+            amr=tuple(amr),
+            via_sso=via_sso,
         ),
         client_ip=ctx.client.ip,
-        policy=load_policy(user.workspace_id),
+        policy=policy,
+        open_sessions=open_sessions,
+    )
+
+
+def second_step(ctx: Context, user: User) -> str | None:
+    """What the sign-in needs after the password: None (issue the session),
+    "mfa" (ask for a factor) or "enroll" (MFA is forced and the member has
+    none: set one up first). A refusal of the account or the address
+    (Forbidden, audited) comes before any factor is asked for."""
+    from idp.services import mfa
+
+    pctx = _sign_in_context(
+        ctx, user, load_policy(user.workspace_id), now(), mfa_at=None, amr=["pwd"]
     )
     decision = policies.evaluate(pctx)
     if decision is None:
