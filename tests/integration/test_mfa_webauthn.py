@@ -203,6 +203,7 @@ def test_rename_and_delete(app, acme, clock):
     signed_in(app, "mia@example.com")  # on another device
     client = signed_in(app, "mia@example.com")
     given_key(app, client, "passkey", "Old name")
+    clock.advance(seconds=1)  # credentials() lists them by creation time
     given_key(app, client, "security_key", "Blue key")
     passkey, security_key = credentials(app, "mia@example.com")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -197,6 +198,23 @@ def registration_options(ctx: Context, user: User, kind: str) -> str:
     return options_to_json(options)
 
 
+def _parse(
+    credential_json: str,
+    parser: Callable[[str], Any],
+    refuse: Callable[[str], NoReturn],
+) -> tuple[Any, bytes]:
+    """The browser's answer parsed by py_webauthn, with the challenge its
+    client data names; any malformed or oversized answer is refused."""
+    if len(credential_json) > MAX_CREDENTIAL_JSON:
+        refuse("credential_too_large")
+    try:
+        parsed = parser(credential_json)
+        challenge = parse_client_data_json(parsed.response.client_data_json).challenge
+    except Exception:  # noqa: BLE001 - any malformed input is refused, never a 500
+        refuse("malformed_credential")
+    return parsed, challenge
+
+
 def register(
     ctx: Context,
     user: User,
@@ -220,13 +238,9 @@ def register(
     ) -> NoReturn:
         _refuse_registration(ctx, user, kind, code, message, cause)
 
-    if len(credential_json) > MAX_CREDENTIAL_JSON:
-        refuse("credential_too_large")
-    try:
-        parsed = parse_registration_credential_json(credential_json)
-        challenge = parse_client_data_json(parsed.response.client_data_json).challenge
-    except Exception:  # noqa: BLE001 - any malformed input is refused, never a 500
-        refuse("malformed_credential")
+    parsed, challenge = _parse(
+        credential_json, parse_registration_credential_json, refuse
+    )
     purpose = f"register_{kind}"
     problem = challenges.take(challenge, purpose, user.id, issued=issued)
     if problem is not None:
@@ -361,13 +375,9 @@ def authenticate(
     ) -> NoReturn:
         _refuse_authentication(ctx, owner, credential, code, message, cause)
 
-    if len(credential_json) > MAX_CREDENTIAL_JSON:
-        refuse("credential_too_large")
-    try:
-        parsed = parse_authentication_credential_json(credential_json)
-        challenge = parse_client_data_json(parsed.response.client_data_json).challenge
-    except Exception:  # noqa: BLE001 - any malformed input is refused, never a 500
-        refuse("malformed_credential")
+    parsed, challenge = _parse(
+        credential_json, parse_authentication_credential_json, refuse
+    )
     problem = challenges.take(
         challenge, "authenticate", user.id if user else None, issued=issued
     )
