@@ -222,6 +222,7 @@ def _validate(values: dict[str, Any]) -> None:
     _validate_routes(values)
     _validate_cookie_domain(values)
     _validate_webauthn(values)
+    _validate_sso(values)
     if values["log"]["format"] not in ("text", "json"):
         raise SettingsError('log.format must be "text" or "json"')
 
@@ -274,6 +275,23 @@ def _validate_webauthn(values: dict[str, Any]) -> None:
         raise SettingsError(
             "mfa.recent_auth_minutes and mfa.failure_limit must be at least 1"
         )
+
+
+def _validate_sso(values: dict[str, Any]) -> None:
+    sso = values["sso"]
+    if not 0 <= sso["clock_skew_seconds"] <= 600:
+        raise SettingsError("sso.clock_skew_seconds must be between 0 and 600")
+    if not 60 <= sso["request_seconds"] <= 3600:
+        raise SettingsError("sso.request_seconds must be between 60 and 3600")
+    if not 1 <= sso["fetch_timeout_seconds"] <= 60:
+        raise SettingsError("sso.fetch_timeout_seconds must be between 1 and 60")
+    if not 1024 <= sso["fetch_max_bytes"] <= 16 * 1024 * 1024:
+        raise SettingsError("sso.fetch_max_bytes must be between 1 KiB and 16 MiB")
+    if sso["jwks_cache_seconds"] < 60:
+        raise SettingsError("sso.jwks_cache_seconds must be at least 60")
+    for server in sso["dns_nameservers"]:
+        if not _is_ip(server):
+            raise SettingsError(f"sso.dns_nameservers: {server!r} is not an IP address")
 
 
 def _validate_cookie_domain(values: dict[str, Any]) -> None:

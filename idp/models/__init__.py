@@ -8,6 +8,13 @@ from idp.models.credentials import (
     WebAuthnCredential,
 )
 from idp.models.sessions import LoginThrottle, Session
+from idp.models.sso import (
+    FederatedIdentity,
+    SamlAssertionSeen,
+    SsoConnection,
+    SsoDomain,
+    SsoRequest,
+)
 from idp.models.users import EmailToken, Invitation, User
 from idp.models.workspaces import (
     DomainAllowEntry,
@@ -20,12 +27,17 @@ __all__ = [
     "AuditEvent",
     "DomainAllowEntry",
     "EmailToken",
+    "FederatedIdentity",
     "Invitation",
     "IpAllowEntry",
     "LoginThrottle",
     "RecoveryCode",
+    "SamlAssertionSeen",
     "SecurityPolicy",
     "Session",
+    "SsoConnection",
+    "SsoDomain",
+    "SsoRequest",
     "TotpSecret",
     "User",
     "WebAuthnChallenge",

@@ -83,6 +83,18 @@ ACTIONS = (
     "mfa.failure",
     "mfa.possible_clone",
     "mfa.reset",
+    "sso.connection_configured",
+    "sso.connection_removed",
+    "sso.connection_tested",
+    "sso.metadata_refreshed",
+    "sso.options_changed",
+    "sso.domain_added",
+    "sso.domain_verified",
+    "sso.domain_removed",
+    "sso.signin_success",
+    "sso.signin_failure",
+    "sso.identity_linked",
+    "sso.user_created",
 )
 
 

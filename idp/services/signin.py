@@ -259,18 +259,32 @@ def _sign_in_context(
     )
 
 
-def second_step(ctx: Context, user: User) -> str | None:
-    """What the sign-in needs after the password: None (issue the session),
-    "mfa" (ask for a factor) or "enroll" (MFA is forced and the member has
-    none: set one up first). A refusal of the account or the address
-    (Forbidden, audited) comes before any factor is asked for."""
+def second_step(
+    ctx: Context, user: User, *, amr: list[str] | None = None, via_sso: bool = False
+) -> str | None:
+    """What the sign-in needs after the first step (a password, or the
+    company IdP when ``via_sso``): None (issue the session), "mfa" (ask for
+    a factor) or "enroll" (MFA is forced and the member has none: set one up
+    first). A refusal of the account or the address (Forbidden, audited)
+    comes before any factor is asked for. With *Force except enterprise
+    SSO*, a sign-in through the IdP counts as MFA."""
     from idp.services import mfa
 
     pctx = _sign_in_context(
-        ctx, user, load_policy(user.workspace_id), now(), mfa_at=None, amr=["pwd"]
+        ctx,
+        user,
+        load_policy(user.workspace_id),
+        now(),
+        mfa_at=None,
+        amr=amr or ["pwd"],
+        via_sso=via_sso,
     )
     decision = policies.evaluate(pctx)
     if decision is None:
+        if via_sso:
+            # The company IdP did the authentication; a member's own factors
+            # are asked for only when the workspace forces MFA on it.
+            return None
         return "mfa" if mfa.user_has_mfa(user) else None
     if decision.outcome == "require_mfa":
         return "mfa"

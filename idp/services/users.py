@@ -74,20 +74,26 @@ def _lock_workspace(workspace: Workspace) -> None:
     )
 
 
+def other_admin_exists(workspace: Workspace, user: User) -> bool:
+    """Whether the workspace keeps an active admin besides ``user``."""
+    return bool(
+        db.session.scalar(
+            sa.select(sa.func.count())
+            .select_from(User)
+            .where(
+                User.workspace_id == workspace.id,
+                User.role == "admin",
+                User.status == "active",
+                User.id != user.id,
+            )
+        )
+    )
+
+
 def _require_other_admin(workspace: Workspace, user: User, what: str) -> None:
     if user.role != "admin" or user.status != "active":
         return
-    others = db.session.scalar(
-        sa.select(sa.func.count())
-        .select_from(User)
-        .where(
-            User.workspace_id == workspace.id,
-            User.role == "admin",
-            User.status == "active",
-            User.id != user.id,
-        )
-    )
-    if not others:
+    if not other_admin_exists(workspace, user):
         raise Conflict(
             f"{user.email} is the last active admin of this workspace and cannot be {what}.",
             code="last_admin",

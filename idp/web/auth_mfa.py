@@ -22,6 +22,7 @@ from idp.services import mfa, signin
 from idp.services.errors import InvalidInput, Throttled
 from idp.services.mfa import recovery, totp
 from idp.services.mfa import webauthn as webauthn_factor
+from idp.services.sso import AMR_FEDERATED
 from idp.state import settings
 from idp.web.auth import bp, finish_sign_in
 from idp.web.errors import audit_refusal
@@ -32,8 +33,11 @@ MAX_CODE_FIELD = 64
 MAX_CREDENTIAL_FIELD = 16_384
 
 
-def begin(user: User, rd: str | None, *, enroll: bool) -> Response:
-    """Hold the sign-in at the MFA step (or at set-up) for this account."""
+def begin(
+    user: User, rd: str | None, *, enroll: bool, sso_connection: uuid.UUID | None = None
+) -> Response:
+    """Hold the sign-in at the MFA step (or at set-up) for this account;
+    ``sso_connection`` when the first step was the company IdP."""
     session.pop("login", None)
     session.pop("choose", None)
     session[FLOW] = {
@@ -42,6 +46,7 @@ def begin(user: User, rd: str | None, *, enroll: bool) -> Response:
         "rd": rd,
         "fp": signin.choice_fingerprint([user]),
         "enroll": enroll,
+        "sso": str(sso_connection) if sso_connection else None,
     }
     return redirect(url_for("auth.mfa_setup" if enroll else "auth.mfa_step"))
 
@@ -77,7 +82,9 @@ def _claim(user: User) -> bool:
         sa.update(User)
         .where(
             User.id == user.id,
-            User.password_hash == user.password_hash,
+            User.password_hash.is_(None)
+            if user.password_hash is None
+            else User.password_hash == user.password_hash,
             User.last_signin_at.is_(None)
             if seen is None
             else User.last_signin_at == seen,
@@ -96,8 +103,14 @@ def finish(user: User, amr: list[str]) -> Response:
         session.pop(FLOW, None)
         audit_refusal(reason="signin_flow_used")
         return _expired()
+    sso = flow.get("sso")
+    first = AMR_FEDERATED if sso else mfa.AMR_PASSWORD
     signed_in = signin.complete_sign_in(
-        context(), user, amr=[mfa.AMR_PASSWORD, *amr, mfa.AMR_MFA], mfa_at=now()
+        context(),
+        user,
+        amr=[first, *amr, mfa.AMR_MFA],
+        mfa_at=now(),
+        sso_connection_id=uuid.UUID(sso) if sso else None,
     )
     return finish_sign_in(signed_in, flow.get("rd"))
 
@@ -111,6 +124,19 @@ def proceed(user: User, rd: str | None) -> Response:
         signed_in = signin.complete_sign_in(context(), user, amr=[mfa.AMR_PASSWORD])
         return finish_sign_in(signed_in, rd)
     return begin(user, rd, enroll=step == "enroll")
+
+
+def proceed_federated(user: User, connection_id: uuid.UUID, rd: str | None) -> Response:
+    """After the company IdP vouched for the member (the account resolved
+    and committed): the pipeline, then the session or the MFA step."""
+    ctx = context()
+    step = signin.second_step(ctx, user, amr=[AMR_FEDERATED], via_sso=True)
+    if step is None:
+        signed_in = signin.complete_sign_in(
+            ctx, user, amr=[AMR_FEDERATED], sso_connection_id=connection_id
+        )
+        return finish_sign_in(signed_in, rd)
+    return begin(user, rd, enroll=step == "enroll", sso_connection=connection_id)
 
 
 def in_sign_in(user: User) -> bool:

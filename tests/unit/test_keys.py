@@ -7,7 +7,12 @@ from idp.keys import KeysMissing, ensure_keys, load_keys, rotate_keys
 
 def test_keys_are_created_private_and_only_once(tmp_path):
     made = ensure_keys(tmp_path / "keys")
-    assert len(made) == 3
+    # secret, signing, encryption, and the SAML key (its certificate beside it)
+    assert len(made) == 4
+    saml = [p for p in made if p.name.startswith("saml-")]
+    assert saml and saml[0].with_suffix(".crt").read_text().startswith(
+        "-----BEGIN CERTIFICATE-----"
+    )
     for path in made:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
@@ -24,6 +29,9 @@ def test_rotation_keeps_old_keys_verifying(tmp_path):
     assert after.secret_key != before.secret_key
     assert before.secret_key in after.secrets
     assert len(after.signing) == 2
+    # Both SAML certificates stay published; the newest signs.
+    assert len(after.saml) == 2
+    assert after.saml[0].key_file.name > after.saml[1].key_file.name
     assert after.encryption.decrypt(secret) == b"totp secret"
 
 
