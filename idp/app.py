@@ -124,10 +124,15 @@ def create_app(
     from idp.gateway import forward
     from idp.services.assertions import Signer
     from idp.web import auth, auth_mfa, mfa_totp, mfa_webauthn  # noqa: F401 (routes)
+    from idp.web import sso as sso_web
     from idp.web.portal import bp as portal_bp
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(portal_bp)
+    app.register_blueprint(sso_web.bp)
+    # The IdP's POST to the ACS is cross-site and carries no CSRF token;
+    # the binding cookie and the signed, single-use answer protect it.
+    csrf.exempt(sso_web.saml_acs)
     app.register_blueprint(forward.bp)
     forward.init_app(app)
     app.extensions["idp_signer"] = Signer(keys)

@@ -209,6 +209,120 @@ def cmd_user_reset_mfa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _domain_line(entry, slug: str) -> str:  # type: ignore[no-untyped-def]
+    from idp.services.sso import domains
+
+    if entry.verified_at is not None:
+        when = entry.verified_at.strftime("%Y-%m-%d")
+        status = f"verified by {entry.verified_by} {when}"
+    else:
+        status = (
+            f"pending: TXT {domains.record_name(entry)} {domains.record_value(entry)}"
+        )
+    return f"{_printable(slug)}  {entry.domain}  {status}"
+
+
+def _verified_holder(domain: str) -> str | None:
+    """The slug of the workspace the domain is verified for, if any."""
+    import sqlalchemy as sa
+
+    from idp.db import db
+    from idp.models import SsoDomain, Workspace
+
+    return db.session.scalar(
+        sa.select(Workspace.slug)
+        .join(SsoDomain, SsoDomain.workspace_id == Workspace.id)
+        .where(SsoDomain.domain == domain, SsoDomain.verified_at.is_not(None))
+    )
+
+
+def cmd_domain_approve(args: argparse.Namespace) -> int:
+    """Verify a claimed email domain for a workspace, as the operator: for
+    a company that cannot publish the DNS record."""
+    from idp.services.context import Context
+    from idp.services.errors import NotFound
+    from idp.services.sso import connections, domains
+    from idp.services.workspaces import get_workspace
+
+    with _app().app_context():
+        workspace = get_workspace(args.workspace)
+        if connections.for_workspace(workspace.id) is None:
+            return _fail(
+                f"{workspace.slug} has no SSO connection: an admin connects the "
+                "IdP on the SSO tab first.",
+                1,
+            )
+        name = domains.normalize_domain(args.domain)
+        holder = _verified_holder(name)
+        if holder is not None and holder != workspace.slug:
+            # Checked before the claim, so a refusal leaves nothing behind.
+            return _fail(
+                f"{name} is already verified for another workspace "
+                f"({_printable(holder)}); remove it there first.",
+                1,
+            )
+        try:
+            entry = domains.approve(Context.operator(), workspace, name)
+        except NotFound as exc:
+            return _fail(exc.message, 1)
+        by = "dns" if entry.verified_by == "dns" else "the operator"
+        print(f"verified: {entry.domain} for {_printable(workspace.slug)} (by {by})")
+    return 0
+
+
+def cmd_domain_list(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from idp.db import db
+    from idp.models import SsoDomain, Workspace
+    from idp.services.workspaces import get_workspace
+
+    with _app().app_context():
+        query = (
+            sa.select(SsoDomain, Workspace.slug)
+            .join(Workspace, Workspace.id == SsoDomain.workspace_id)
+            .order_by(Workspace.slug, SsoDomain.domain)
+        )
+        if args.workspace:
+            query = query.where(
+                SsoDomain.workspace_id == get_workspace(args.workspace).id
+            )
+        rows = db.session.execute(query).all()
+        for entry, slug in rows:
+            print(_domain_line(entry, slug))
+        if not rows:
+            print("(no domains)")
+    return 0
+
+
+def cmd_domain_remove(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from idp.db import db
+    from idp.models import SsoDomain
+    from idp.services.context import Context
+    from idp.services.errors import InvalidInput
+    from idp.services.sso import domains
+    from idp.services.workspaces import get_workspace
+
+    with _app().app_context():
+        workspace = get_workspace(args.workspace)
+        try:
+            name = domains.normalize_domain(args.domain)
+        except InvalidInput as exc:
+            return _fail(exc.message, 1)
+        entry_id = db.session.scalar(
+            sa.select(SsoDomain.id).where(
+                SsoDomain.workspace_id == workspace.id, SsoDomain.domain == name
+            )
+        )
+        if entry_id is None:
+            return _fail(f"{name} is not a domain of {workspace.slug}.", 1)
+        domains.remove(Context.operator(), workspace, entry_id)
+        print(f"removed: {name} from {_printable(workspace.slug)}")
+    return 0
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from idp.keys import rotate_keys
 
@@ -407,6 +521,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True, metavar="SLUG")
     p.add_argument("email")
     p.set_defaults(func=cmd_user_reset_mfa)
+
+    dom = sub.add_parser(
+        "domain", help="email domains of workspaces' SSO connections"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = dom.add_parser(
+        "approve",
+        help="verify a domain for a workspace's SSO connection, as the operator",
+        description="Claim the domain for the workspace if it has not, and "
+        "verify it without the DNS record: email addresses in it then sign in "
+        "through the workspace's IdP. A domain is verified for one workspace "
+        "only.",
+    )
+    p.add_argument("--workspace", required=True, metavar="SLUG")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.set_defaults(func=cmd_domain_approve)
+    p = dom.add_parser(
+        "list", help="list claimed domains, verified or with the TXT record asked for"
+    )
+    p.add_argument("--workspace", metavar="SLUG")
+    p.set_defaults(func=cmd_domain_list)
+    p = dom.add_parser("remove", help="remove a domain from a workspace's connection")
+    p.add_argument("--workspace", required=True, metavar="SLUG")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.set_defaults(func=cmd_domain_remove)
 
     keys = sub.add_parser("keys", help="manage key material").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -57,3 +57,7 @@ def configure(fmt: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # pysaml2 logs an ERROR for each signature xmlsec1 refuses, including
+    # the expected miss when a rollover's other certificate is tried first;
+    # the refusal itself is ours to report (audit sso.signin_failure).
+    logging.getLogger("saml2").setLevel(logging.CRITICAL)

@@ -37,6 +37,7 @@ SQLITE_FTS_COLUMNS = "actor_label, action, target_label, reason, client_ip"
 ACTIONS = (
     "signin.success",
     "signin.failure",
+    "signin.break_glass",
     "session.logout",
     "session.logout_others",
     "session.end",

@@ -21,6 +21,8 @@ MESSAGES = {
     "host_not_protected": "This site is not one that Portcullis protects. Ask the operator to add it to the protected hosts.",
     "session_limit": "You were signed out because you signed in somewhere else and your workspace limits how many sessions you may have at once.",
     "not_signed_in": "Sign in to continue.",
+    "sso_required": "Your workspace signs you in through your company's single sign-on, not with a password.",
+    "sso_removed": "An admin removed your workspace's single sign-on, which signed you out. Sign in with your password, or use Forgot password? to set one.",
 }
 
 
@@ -35,6 +37,7 @@ SESSION_ENDED = frozenset(
         "session_limit",
         "account_disabled",
         "account_not_active",
+        "sso_removed",
     }
 )
 

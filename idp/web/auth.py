@@ -11,6 +11,7 @@ from flask import (
     abort,
     flash,
     g,
+    make_response,
     redirect,
     render_template,
     request,
@@ -19,9 +20,13 @@ from flask import (
 )
 
 from idp.db import db
+from idp.security import normalize_email
 from idp.services import account, invitations, reasons, sessions, signin
 from idp.services.errors import InvalidInput, InvalidLink
 from idp.services.returnurl import DEFAULT, safe_return_url
+from idp.services.sso import connections as sso_connections
+from idp.services.sso import domains as sso_domains
+from idp.services.sso import enforce as sso_enforce
 from idp.state import settings
 from idp.web.errors import audit_refusal
 from idp.web.requests import clear_session_cookie, context, set_session_cookie
@@ -74,9 +79,64 @@ def finish_sign_in(signed_in: signin.SignedIn, return_to: str | None) -> Respons
 
 
 def _proceed(user, rd: str | None) -> Response:  # type: ignore[no-untyped-def]
+    """After a password (sign-in, workspace choice, joining): *Require SSO*,
+    then the pipeline and the session or the MFA step."""
     from idp.web import auth_mfa
 
+    try:
+        sso_enforce.admit_password(context(), user)
+    except sso_enforce.SsoRequired as exc:
+        return sso_required_page(exc, rd)
     return auth_mfa.proceed(user, rd)
+
+
+def sso_required_page(exc: sso_enforce.SsoRequired, rd: str | None):  # type: ignore[no-untyped-def]
+    """The refusal of a password under *Require SSO* (already audited), with
+    the way in that works: the workspace's IdP."""
+    session.pop("login", None)
+    session.pop("choose", None)
+    start = None
+    user = exc.accounts[0]
+    connection = sso_connections.for_workspace(user.workspace_id)
+    if connection is not None and connection.enabled:
+        from idp.models import Workspace
+
+        workspace = db.session.get(Workspace, user.workspace_id)
+        start = url_for(
+            "sso.start", protocol=connection.protocol, slug=workspace.slug, rd=rd
+        )
+    return render_template(
+        "auth/sso_required.html", message=exc.message, start=start
+    ), exc.status
+
+
+def onward(target: str, *, cookies_from: Response | None = None) -> Response:
+    """A page that sends the browser on to ``target`` (our SSO start, or the
+    IdP itself) by a Refresh header instead of a redirect: browsers hold the
+    redirects that answer a form to the page's CSP form-action, which cannot
+    list every company's IdP. ``cookies_from`` lends its Set-Cookie headers
+    (the SSO binding cookie)."""
+    response = make_response(render_template("auth/sso_onward.html", target=target))
+    response.headers["Refresh"] = f"0; url={target}"
+    if cookies_from is not None:
+        for value in cookies_from.headers.getlist("Set-Cookie"):
+            response.headers.add("Set-Cookie", value)
+    return response
+
+
+def _home_realm(email: str):  # type: ignore[no-untyped-def]
+    """The workspace and connection whose verified domain holds this
+    address, if any. It depends on the domain alone, never on whether an
+    account exists, so the answer tells nothing about accounts."""
+    key = normalize_email(email)
+    local, at, domain = key.rpartition("@")
+    if not at or not local or not domain:
+        return None
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return sso_domains.connection_for_email(f"{local}@{domain}")
 
 
 @bp.get("/")
@@ -89,13 +149,33 @@ def login():  # type: ignore[no-untyped-def]
     return_to = safe_return_url(request.values.get("rd"))
     if g.loaded is not None and request.method == "GET":
         return redirect(return_to or DEFAULT)
+    # ?sso=off: the break-glass past home-realm discovery, for an admin
+    # whose IdP is down, or a person whose address is in a company's domain
+    # but who signs in to another workspace with a password. *Require SSO*
+    # still applies at the password step.
+    sso_off = request.values.get("sso") == "off"
     if request.method == "POST":
         email = _field("email", MAX_EMAIL_FIELD).strip()
         if not email:
             audit_refusal(reason="email_missing")
             return render_template(
-                "auth/login_email.html", error="Enter your email address.", rd=return_to
+                "auth/login_email.html",
+                error="Enter your email address.",
+                rd=return_to,
+                sso_off=sso_off,
             ), 400
+        realm = None if sso_off else _home_realm(email)
+        if realm is not None:
+            workspace, connection = realm
+            session.pop("login", None)
+            return onward(
+                url_for(
+                    "sso.start",
+                    protocol=connection.protocol,
+                    slug=workspace.slug,
+                    rd=return_to,
+                )
+            )
         session["login"] = {"email": email, "at": time.time(), "rd": return_to}
         return redirect(url_for("auth.password"))
     expired = request.args.get("expired") == "1"
@@ -103,7 +183,11 @@ def login():  # type: ignore[no-untyped-def]
     notice = request.args.get("reason", "")
     notice = reasons.message(notice) if notice in ENDED_REASONS else None
     return render_template(
-        "auth/login_email.html", rd=return_to, expired=expired, notice=notice
+        "auth/login_email.html",
+        rd=return_to,
+        expired=expired,
+        notice=notice,
+        sso_off=sso_off,
     )
 
 
@@ -121,6 +205,12 @@ def password():  # type: ignore[no-untyped-def]
         return render_template(
             "auth/login_password.html", email=flow["email"], error=exc.message
         ), 401
+    try:
+        # Accounts under *Require SSO* drop out of the choice; when the
+        # password opened only such accounts, it is refused.
+        matched = sso_enforce.screen(context(), matched)
+    except sso_enforce.SsoRequired as exc:
+        return sso_required_page(exc, flow.get("rd"))
     if len(matched) == 1:
         return _proceed(matched[0], flow.get("rd"))
     session["choose"] = {

@@ -27,6 +27,9 @@ LIMITED = (
     "auth.mfa_setup_webauthn",
     "auth.mfa_setup_webauthn_options",
 )
+# Endpoints limited whatever the method: the start of a federated sign-in
+# (a GET that records an outstanding request) and the IdP's answers.
+LIMITED_ANY_METHOD = ("sso.start", "sso.saml_acs", "sso.oidc_callback")
 
 
 def _client_key() -> str:
@@ -59,6 +62,10 @@ def init_app(app: Flask, settings: Settings, exempt: Callable[[], bool]) -> Limi
         view = app.view_functions.get(endpoint)
         if view is not None:
             app.view_functions[endpoint] = limiter.limit(limit, methods=["POST"])(view)
+    for endpoint in LIMITED_ANY_METHOD:
+        view = app.view_functions.get(endpoint)
+        if view is not None:
+            app.view_functions[endpoint] = limiter.limit(limit)(view)
     _skip_hooks(app, limiter, exempt)
     return limiter
 

@@ -31,10 +31,11 @@ from idp.services.context import Context
 from idp.services.errors import Forbidden, InvalidInput
 from idp.services.mfa import webauthn
 from idp.services.returnurl import safe_return_url
+from idp.services.sso import enforce as sso_enforce
 from idp.state import settings
 from idp.web import auth_mfa
 from idp.web.auth import bp as auth_bp
-from idp.web.auth import finish_sign_in
+from idp.web.auth import finish_sign_in, sso_required_page
 from idp.web.errors import audit_refusal, error_page
 from idp.web.portal import bp as portal_bp
 from idp.web.portal import login_required
@@ -288,6 +289,11 @@ def passkey_signin():  # type: ignore[no-untyped-def]
             "auth/login_email.html", rd=rd, error=exc.message
         ), exc.status
     member = Context.for_user(done.user, ctx.client, ctx.session)
+    try:
+        # *Require SSO* holds for passkeys as for passwords.
+        sso_enforce.admit_password(member, done.user, method="passkey")
+    except sso_enforce.SsoRequired as exc:
+        return sso_required_page(exc, rd)
     signed_in = signin.complete_sign_in(
         member,
         done.user,

@@ -179,6 +179,8 @@ def portcullis(
             "IDP_PASSWORDS__ARGON2_MEMORY_KIB": "1024",
             "IDP_PASSWORDS__ARGON2_TIME_COST": "1",
             "IDP_SIGNIN__IP_LIMITS": "1000 per minute",
+            # The test SAML IdP of test_sso_browser.py is on loopback, by http.
+            "IDP_SSO__ALLOW_PRIVATE_URLS": "true",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
     )

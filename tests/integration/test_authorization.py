@@ -48,6 +48,9 @@ PUBLIC_PREFIXES = (
     "/auth/forward",
     "/auth/denied",
     "/.well-known/jwks.json",
+    # Enterprise SSO: our SAML metadata, the start of a sign-in at the
+    # company IdP and its answer, which come before any session.
+    "/sso/",
 )
 
 # Answers: a status ("200", "400", ...), "302 <path>" for a redirect to that
@@ -76,6 +79,11 @@ ROUTES: dict[tuple[str, str], Access] = {
         "302 /portal/profile", "302 /portal/profile", "302 /portal/profile"
     ),
     ("GET", "/healthz"): Access("200", "200", "200"),
+    # The world's workspace has no SSO connection: the same 404 for all.
+    ("GET", "/sso/saml/<slug>/metadata"): Access("404", "404", "404"),
+    ("GET", "/sso/<protocol>/<slug>/start"): Access("404", "404", "404"),
+    ("POST", "/sso/saml/<slug>/acs"): Access("404", "404", "404"),
+    ("GET", "/sso/oidc/<slug>/callback"): Access("404", "404", "404"),
     ("GET", "/readyz"): Access("200", "200", "200"),
     # Asked directly, not by a trusted proxy: the session alone is judged.
     # Asked by a client, not a trusted proxy: refused whoever holds the
@@ -309,10 +317,34 @@ ROUTES: dict[tuple[str, str], Access] = {
         LOGIN, "403", "302 /portal/security", {"domain": "example.com"}
     ),
     ("POST", "/portal/security/domains/<entry_id>/remove"): Access(LOGIN, "403", "404"),
+    # The SSO tab. The world's workspace has no connection: the forms that
+    # need one answer 404 in the page, the others refuse what they are sent.
+    ("GET", "/portal/sso"): Access(LOGIN, "403", "200"),
+    ("POST", "/portal/sso/saml"): Access(LOGIN, "403", "400", {"source": "none"}),
+    ("POST", "/portal/sso/saml/refresh"): Access(LOGIN, "403", "404"),
+    ("POST", "/portal/sso/oidc"): Access(
+        LOGIN, "403", "400", {"issuer": "", "client_id": "", "scopes": "openid"}
+    ),
+    ("POST", "/portal/sso/options"): Access(
+        LOGIN, "403", "404", {"default_role": "read_only"}
+    ),
+    ("POST", "/portal/sso/domains"): Access(
+        LOGIN, "403", "404", {"domain": "example.com"}
+    ),
+    ("POST", "/portal/sso/domains/<domain_id>/verify"): Access(LOGIN, "403", "404"),
+    ("POST", "/portal/sso/domains/<domain_id>/remove"): Access(LOGIN, "403", "404"),
+    ("POST", "/portal/sso/test"): Access(LOGIN, "403", "404"),
+    ("GET", "/portal/sso/test/<request_id>"): Access(LOGIN, "403", "404"),
+    ("GET", "/portal/sso/remove"): Access(LOGIN, "403", "302 /portal/sso"),
+    ("POST", "/portal/sso/remove"): Access(LOGIN, "403", "404"),
 }
 
 ADMIN_ONLY_POST_ROUTES = [k for k, v in ROUTES.items() if v.read_only == "403"]
-POST_ROUTES = [k for k in ROUTES if k[0] == "POST"]
+# The SAML ACS takes the IdP's cross-site POST, which carries no CSRF token:
+# the browser's SSO binding cookie and the signed, single-use answer protect
+# it (tests/integration/test_sso_saml_acs.py).
+CSRF_EXEMPT = {("POST", "/sso/saml/<slug>/acs")}
+POST_ROUTES = [k for k in ROUTES if k[0] == "POST" and k not in CSRF_EXEMPT]
 
 
 def is_public(rule: str) -> bool:
@@ -366,6 +398,10 @@ def fill(rule: str, world: World) -> str:
         "<user_id>": str(target.id),
         "<entry_id>": str(uuid.uuid4()),
         "<credential_id>": str(uuid.uuid4()),
+        "<domain_id>": str(uuid.uuid4()),
+        "<request_id>": "id-" + "0" * 40,
+        "<slug>": world.workspace.slug,  # type: ignore[attr-defined]
+        "<protocol>": "saml",
     }
     for placeholder, value in values.items():
         rule = rule.replace(placeholder, value)

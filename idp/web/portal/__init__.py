@@ -33,6 +33,7 @@ TABS = (
     Tab("portal.privacy_security", "Privacy & security"),
     Tab("portal.users", "Users"),
     Tab("portal.security", "Security", admin_only=True),
+    Tab("portal.sso", "SSO", admin_only=True),
     Tab("portal.audit_logs", "Audit logs"),
 )
 
@@ -111,5 +112,6 @@ from idp.web.portal import (  # noqa: F401
     profile,
     reauth,
     security,
+    sso,
     users,
 )
