@@ -65,6 +65,12 @@ def check_url(url: str, rules: FetchRules) -> tuple[str, str, int]:
         raise FetchError("The URL is not valid.") from exc
     allowed = ("https", "http") if rules.allow_http else ("https",)
     if parts.scheme not in allowed or not parts.hostname:
+        if parts.scheme == "http" and parts.hostname:
+            raise FetchError(
+                "The URL must start with https://. Plain http is allowed only to "
+                "an IdP on a private address, which the operator allows with "
+                "sso.allow_private_urls."
+            )
         raise FetchError("The URL must start with https:// and name a host.")
     if parts.username or parts.password:
         raise FetchError("The URL must not carry a user name or password.")

@@ -351,8 +351,23 @@ def invite_accept():  # type: ignore[no-untyped-def]
         session.pop("invite", None)
         return _proceed(joined, None)
     return render_template(
-        "auth/invite.html", invitation=invitation, full_name=invitation.user.full_name
+        "auth/invite.html",
+        invitation=invitation,
+        full_name=invitation.user.full_name,
+        sso_start=_sso_start_for(invitation.user),
     )
+
+
+def _sso_start_for(user) -> str | None:  # type: ignore[no-untyped-def]
+    """Where an invited member whose address belongs to their workspace's
+    IdP joins through it (the sign-in there completes the invitation)."""
+    from idp.services.sso.domains import connection_for_email
+
+    found = connection_for_email(user.email)
+    if found is None or found[0].id != user.workspace_id:
+        return None
+    workspace, connection = found
+    return url_for("sso.start", protocol=connection.protocol, slug=workspace.slug)
 
 
 @bp.get("/reset/<token>")

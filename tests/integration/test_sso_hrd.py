@@ -349,3 +349,33 @@ def test_admin_choosing_the_required_workspace_is_audited(app, client, required)
         and response.headers["Location"] == "/portal/profile"
     )
     assert len(events(app, "signin.break_glass")) == 1
+
+
+def test_invitation_in_a_routed_domain_offers_single_sign_on(app, client):  # type: ignore[no-untyped-def]
+    """An invited member whose address belongs to the workspace's IdP can
+    join through it; the password form stays for the break-glass case."""
+    from idp.services.context import Context
+    from idp.services.invitations import invite_user
+    from tests.integration.sso_helpers import add_connection, add_domain
+
+    workspace = make_workspace(app, "Routed")
+    admin = make_user(app, workspace, "boss@routed.example", role="admin")
+    add_connection(app, workspace)
+    add_domain(app, workspace, "routed.example", verified_by="operator")
+    with app.app_context():
+        from idp.models import User, Workspace
+
+        actor = db.session.get(User, admin.id)
+        issued = invite_user(
+            Context.for_user(actor, Context.operator().client),
+            db.session.get(Workspace, workspace.id),
+            email="new@routed.example",
+            role="read_only",
+            full_name="New Person",
+        )
+        link = issued.link
+    page = client.get(link.removeprefix("http://localhost"), follow_redirects=True)
+    body = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "Join with single sign-on" in body
+    assert f"/sso/saml/{workspace.slug}/start" in body
