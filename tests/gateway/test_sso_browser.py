@@ -20,7 +20,6 @@ from tests.saml_idp_web import WebIdp, serve_idp
 
 pytestmark = [pytest.mark.gateway, pytest.mark.browser]
 
-DOMAIN = "sso-company.test"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -38,9 +37,11 @@ def company(
 ) -> Iterator[tuple[str, WebIdp]]:
     """A workspace whose admin connected the test IdP by SAML (entity id,
     SSO URL and certificate typed in), with its domain approved by the
-    operator and just-in-time accounts on."""
+    operator and just-in-time accounts on. Its domain is named after its
+    slug: pytest may build this fixture again when the proxy changes."""
     slug = portcullis.cli("workspace", "create", "SSO Company")
-    link = portcullis.cli("admin", "create", "--workspace", slug, f"it@{DOMAIN}")
+    domain = f"{slug}.test"
+    link = portcullis.cli("admin", "create", "--workspace", slug, f"it@{domain}")
     admin = accept(portcullis, link, "Ivy Tech")
     sp_entity_id = f"{portcullis.url}/sso/saml/{slug}/metadata"
     folder: Path = tmp_path_factory.mktemp("web-idp")
@@ -67,8 +68,8 @@ def company(
             {"enabled": "1", "jit_enabled": "1", "default_role": "read_only"},
         )
         assert options.status == 200, options.body[:2000]
-        portcullis.cli("domain", "approve", "--workspace", slug, DOMAIN)
-        yield slug, idp
+        portcullis.cli("domain", "approve", "--workspace", slug, domain)
+        yield domain, idp
 
 
 @pytest.fixture
@@ -93,8 +94,8 @@ def test_member_signs_in_through_the_company_idp_to_the_portal(
     portcullis: Portcullis,
     company: tuple[str, WebIdp],
 ) -> None:
-    _, idp = company
-    email = f"sam@{DOMAIN}"
+    domain, idp = company
+    email = f"sam@{domain}"
     idp.people[email] = {
         "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/givenname": ["Sam"],
         "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/surname": ["Sso"],
@@ -117,8 +118,8 @@ def test_member_reaches_a_protected_app_through_the_proxy(
     company: tuple[str, WebIdp],
     proxy: Proxy,
 ) -> None:
-    _, idp = company
-    email = f"nina-{proxy.name}@{DOMAIN}"
+    domain, idp = company
+    email = f"nina-{proxy.name}@{domain}"
     idp.people[email] = {"displayName": ["Nina Nginx"]}
     page = browser_context.new_page()
     target = proxy.url("/reports/q3?view=full")
