@@ -47,10 +47,28 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address they reach (IPv4-
+# compatible, SIIT-translated, NAT64's well-known prefix): Python counts
+# them global whatever the IPv4 address, so 64:ff9b::a9fe:a9fe would pass
+# for public and a NAT64 gateway would take it to 169.254.169.254.
+_IPV4_INSIDE = tuple(
+    ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+)
+# The local-use NAT64 prefix puts the IPv4 address where the operator chose.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif any(ip in network for network in _IPV4_INSIDE):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not ip.is_multicast
 
 
@@ -58,6 +76,10 @@ def check_url(url: str, rules: FetchRules) -> tuple[str, str, int]:
     """Scheme, host and port of an acceptable URL, or FetchError."""
     if len(url) > 2048:
         raise FetchError("The URL is too long.")
+    # urlsplit drops tabs and newlines before it parses, so they would pass
+    # here and then end up in a Location header (a 500 at every sign-in).
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise FetchError("The URL must not hold spaces or control characters.")
     try:
         parts = urlsplit(url)
         port = parts.port

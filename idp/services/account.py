@@ -25,6 +25,7 @@ from idp.services.context import Context
 from idp.services.domains import require_allowed_domain
 from idp.services.errors import Busy, Conflict, InvalidInput, InvalidLink, Throttled
 from idp.services.invitations import clean_name
+from idp.services.sso import enforce as sso_enforce
 from idp.state import settings, state
 
 log = logging.getLogger(__name__)
@@ -394,6 +395,7 @@ def request_email_change(ctx: Context, *, new_email: str, password: str) -> str:
         raise InvalidInput(str(exc), code="invalid_email") from exc
     if address == user.email:
         raise InvalidInput("That is already your email address.")
+    sso_enforce.admit_email_change(ctx, user, action="email.change_request")
     workspace = db.session.get(Workspace, user.workspace_id)
     require_allowed_domain(ctx, workspace, address, action="email.change_request")
     _verify_current(ctx, password)
@@ -452,6 +454,7 @@ def confirm_email_change(ctx: Context, token: str | None) -> User:
     user = db.session.get(User, row.user_id)
     if user is None or user.status != "active" or row.new_email is None:
         raise InvalidLink()
+    sso_enforce.admit_email_change(ctx, user, action="email.change")
     workspace = db.session.get(Workspace, user.workspace_id)
     new_email = row.new_email
     _require_email_free(workspace, new_email)

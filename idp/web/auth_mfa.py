@@ -127,8 +127,8 @@ def proceed(user: User, rd: str | None) -> Response:
 
 
 def proceed_federated(user: User, connection_id: uuid.UUID, rd: str | None) -> Response:
-    """After the company IdP vouched for the member (the account resolved
-    and committed): the pipeline, then the session or the MFA step."""
+    """After the company IdP vouched for the member (the account resolved,
+    not yet committed): the pipeline, then the session or the MFA step."""
     ctx = context()
     step = signin.second_step(ctx, user, amr=[AMR_FEDERATED], via_sso=True)
     if step is None:

@@ -191,10 +191,14 @@ def _finish(workspace, connection, claims, pending):  # type: ignore[no-untyped-
             **{k: v for k, v in claims.details.items() if k in _AUDITED_DETAILS},
         },
     )
-    db.session.commit()
+    # Flushed, not committed: when the sign-in policy refuses (an IP
+    # allow-list, say), its refusal rolls back the account, link and role
+    # change these claims made, so nothing is left of the attempt.
+    db.session.flush()
     response = auth_mfa.proceed_federated(
         user, connection.id, pending.return_to if pending is not None else None
     )
+    db.session.commit()
     _clear_binding(response)
     return response
 

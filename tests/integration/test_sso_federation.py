@@ -296,3 +296,29 @@ def test_test_result_touches_no_account(app, world):
     )
     assert result["received"] == {"mail": ["new@acme.example"]}
     assert counts(app) == before
+
+
+def test_the_refusal_says_which_check_failed(app, world):
+    """One reason code for both, but the person reads the cause: the IdP
+    did not vouch for the address, or its domain is not verified here."""
+    ws, _, connection_id = world
+    with app.app_context():
+        connection = db.session.get(SsoConnection, connection_id)
+        workspace = db.session.get(Workspace, ws.id)
+        ctx = Context.anonymous(CLIENT)
+        with pytest.raises(SsoRefused) as unvouched:
+            federation.resolve_member(
+                ctx, workspace, connection, claims(email_verified=False)
+            )
+        with pytest.raises(SsoRefused) as outside:
+            federation.resolve_member(
+                ctx, workspace, connection, claims(email="bob@elsewhere.example")
+            )
+    assert unvouched.value.message == federation.NOT_VOUCHED
+    assert outside.value.message == federation.MESSAGES["sso_email_unverified"]
+    with app.app_context():
+        connection = db.session.get(SsoConnection, connection_id)
+        result = federation.test_result(ws, connection, claims(email_verified=False))
+    assert result["outcome"] == (
+        "Refused: the IdP did not say the email address is verified."
+    )

@@ -13,7 +13,15 @@ from typing import ClassVar
 
 import pytest
 
-from connectors.fetch import FetchError, FetchRules, check_url, get, get_json, post_form
+from connectors.fetch import (
+    FetchError,
+    FetchRules,
+    check_url,
+    get,
+    get_json,
+    is_public,
+    post_form,
+)
 
 LOCAL = FetchRules(
     timeout_seconds=2, max_bytes=1000, allow_private=True, allow_http=True
@@ -91,6 +99,11 @@ def resolving(*addresses: str):  # type: ignore[no-untyped-def]
         "https://idp.example:99999/",
         "javascript:alert(1)",
         "https://idp.example/" + "a" * 3000,
+        # urlsplit drops these before parsing; a Location header cannot.
+        "https://idp.example/sso\r\nSet-Cookie: x=1",
+        "https://idp.example/s\tso",
+        "https://idp.example/a b",
+        "https://idp.example/\x00",
     ],
 )
 def test_only_plain_https_urls_are_accepted(url):
@@ -113,6 +126,13 @@ def test_only_plain_https_urls_are_accepted(url):
         "fc00::1",
         "::ffff:127.0.0.1",
         "224.0.0.1",
+        # IPv4 inside IPv6, which Python counts global: NAT64 (well-known
+        # and local-use prefixes), 6to4, IPv4-compatible, SIIT-translated.
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::a00:1",
+        "2002:a9fe:a9fe::1",
+        "::a9fe:a9fe",
+        "::ffff:0:a00:1",
     ],
 )
 def test_non_public_addresses_are_refused(address):
@@ -125,6 +145,14 @@ def test_non_public_addresses_are_refused(address):
 def test_literal_private_addresses_are_refused(host):
     with pytest.raises(FetchError, match="sso.allow_private_urls"):
         get(f"https://{host}/metadata", PUBLIC_ONLY, resolve=resolving("192.0.2.1"))
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["93.184.216.34", "2606:4700::1111", "64:ff9b::808:808", "2002:808:808::1"],
+)
+def test_public_addresses_stay_public_inside_ipv6(address):
+    assert is_public(address)
 
 
 def test_one_private_address_among_public_ones_is_refused():

@@ -72,6 +72,17 @@ def record_value(domain: SsoDomain) -> str:
     return TXT_PREFIX + domain.verification_token
 
 
+def domain_of(email: str) -> str:
+    """The domain of a normalised address as claims store it: parse_email
+    keeps an internationalised domain in Unicode (bücher.example), claims
+    hold its IDNA form (xn--bcher-kva.example)."""
+    domain = email_domain(email)
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
 def verified_domains(connection: SsoConnection) -> set[str]:
     return {
         d.domain
@@ -87,7 +98,7 @@ def verified_domains(connection: SsoConnection) -> set[str]:
 def connection_for_email(email: str) -> tuple[Workspace, SsoConnection] | None:
     """Home-realm discovery: the workspace and enabled connection whose
     verified domain this (normalised) address is in."""
-    domain = email_domain(email)
+    domain = domain_of(email)
     if not domain:
         return None
     row = db.session.execute(

@@ -19,6 +19,10 @@ from idp.services.reasons import MESSAGES
 from idp.services.sso.domains import sso_required_for
 
 REASON = "sso_required"
+EMAIL_MANAGED = (
+    "Your email address comes from your company's single sign-on, so it cannot "
+    "be changed here. Ask an admin of the workspace."
+)
 
 
 class SsoRequired(Forbidden):
@@ -60,6 +64,24 @@ def admit_password(ctx: Context, user: User, *, method: str = "password") -> Non
         reason=REASON,
         details={"method": method, "break_glass": True},
     )
+
+
+def admit_email_change(ctx: Context, user: User, *, action: str) -> None:
+    """Before a member's address changes (``action``: the request or its
+    confirmation): under *Require SSO* the address is the company's, since a
+    member who moved out of its domain would have password sign-in back and
+    keep access after leaving the IdP. Admins keep the choice."""
+    if not refuses_password(user):
+        return
+    audit.record_now(
+        ctx,
+        action,
+        workspace_id=user.workspace_id,
+        outcome="denied",
+        reason=REASON,
+        target=user,
+    )
+    raise Forbidden(EMAIL_MANAGED, code=REASON, audited=True)
 
 
 def _refuse(

@@ -19,13 +19,15 @@ import sqlalchemy as sa
 from idp.clock import now
 from idp.db import db
 from idp.models import FederatedIdentity, Invitation, SsoConnection, User, Workspace
-from idp.security import InvalidEmail, email_domain, parse_email
+from idp.security import InvalidEmail, parse_email
 from idp.services import audit, users
 from idp.services.context import Context
 from idp.services.domains import domain_allowed
 from idp.services.invitations import clean_name
 from idp.services.sso import Claims, SsoRefused
-from idp.services.sso.domains import verified_domains
+from idp.services.sso.domains import domain_of, verified_domains
+
+NOT_VOUCHED = "Your company's sign-in did not confirm that this email address is yours (it did not say the address is verified), so it cannot be linked to an account here. Ask your IT team, or an admin of the workspace."
 
 MESSAGES = {
     "sso_email_missing": "Your company's sign-in did not say which email address is yours. Ask your IT team to send the email attribute.",
@@ -101,15 +103,21 @@ def resolve_member(
     else:
         if email is None:
             raise refuse(ctx, connection, "sso_email_missing", label=claims.subject)
-        if not claims.email_verified or email_domain(email) not in verified_domains(
-            connection
-        ):
+        in_domain = domain_of(email) in verified_domains(connection)
+        if not claims.email_verified or not in_domain:
+            # One reason code, two causes: the message says which.
             raise refuse(
                 ctx,
                 connection,
                 "sso_email_unverified",
                 label=email,
-                details={"email_verified": claims.email_verified},
+                details={
+                    "email_verified": claims.email_verified,
+                    "domain_verified": in_domain,
+                },
+                message=MESSAGES["sso_email_unverified"]
+                if not in_domain
+                else NOT_VOUCHED,
             )
         user = db.session.scalar(
             sa.select(User).where(
@@ -283,17 +291,17 @@ def test_result(
         if email
         else None
     )
-    in_domain = bool(email) and email_domain(email or "") in verified_domains(
-        connection
-    )
+    in_domain = bool(email) and domain_of(email or "") in verified_domains(connection)
     if linked:
         outcome = f"Signs in as {linked} (already linked)."
     elif email is None:
         outcome = "Refused: no email address was sent."
-    elif not claims.email_verified or not in_domain:
+    elif not in_domain:
         outcome = (
             "Refused: the email address is not in a verified domain of this connection."
         )
+    elif not claims.email_verified:
+        outcome = "Refused: the IdP did not say the email address is verified."
     elif existing:
         outcome = f"Links to the existing account {existing}."
     elif connection.jit_enabled:

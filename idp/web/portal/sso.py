@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import (
-    Flask,
     Response,
     g,
     redirect,
@@ -398,18 +397,3 @@ def sso_remove():  # type: ignore[no-untyped-def]
 
 
 # --- the metadata upload's size limit --------------------------------------------
-
-
-def _allow_metadata_upload() -> None:
-    """Metadata files run past the app's 64 KiB body limit (ADFS publishes
-    70 KiB), so the SAML form alone may send up to the fetch limit plus
-    room for its other fields. Set before any hook reads the form, since
-    Werkzeug applies the limit when it parses the body."""
-    if request.endpoint == "portal.sso_saml" and request.method == "POST":
-        request.max_content_length = settings()["sso"]["fetch_max_bytes"] + 64 * 1024
-
-
-@bp.record_once
-def _first_hook(state: Any) -> None:
-    app: Flask = state.app
-    app.before_request_funcs.setdefault(None, []).insert(0, _allow_metadata_upload)
