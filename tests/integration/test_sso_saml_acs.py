@@ -261,3 +261,40 @@ def test_the_replay_cache_outlives_the_assertion_by_the_skew(
     with app.app_context():
         seen = db.session.scalars(sa.select(SamlAssertionSeen)).one()
         assert seen.expires_at == browser.clock.now + timedelta(minutes=5, seconds=120)
+
+
+def _mfa_mode(app, workspace, mode: str) -> None:  # type: ignore[no-untyped-def]
+    from idp.models import SecurityPolicy
+
+    with app.app_context():
+        policy = db.session.get(SecurityPolicy, workspace.id)
+        if policy is None:
+            policy = SecurityPolicy(workspace_id=workspace.id)
+            db.session.add(policy)
+        policy.mfa_mode = mode
+        db.session.commit()
+
+
+@pytest.mark.parametrize(
+    "mode, lands_on",
+    [
+        # The company IdP's sign-in counts as multi-factor here.
+        ("force_except_sso", "/portal/profile"),
+        # Forced MFA asks for the member's own factor after the IdP: a
+        # member without one sets one up first, with no session yet.
+        ("force", "/login/mfa/setup"),
+    ],
+)
+def test_forced_mfa_and_the_federated_sign_in(app, browser, workspace, mode, lands_on):  # type: ignore[no-untyped-def]
+    _mfa_mode(app, workspace, mode)
+    request_id = browser.start(rd="/portal/profile")
+    response = browser.post(encode(browser.xml(request_id)), request_id)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    assert response.headers["Location"] == lands_on
+    with app.app_context():
+        sessions = db.session.scalars(sa.select(Session)).all()
+        if mode == "force_except_sso":
+            [session] = sessions
+            assert session.amr[0] == "fed" and session.sso_connection_id is not None
+        else:
+            assert sessions == []
