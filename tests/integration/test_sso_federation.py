@@ -322,3 +322,59 @@ def test_the_refusal_says_which_check_failed(app, world):
     assert result["outcome"] == (
         "Refused: the IdP did not say the email address is verified."
     )
+
+
+@pytest.mark.parametrize(
+    "email, reason",
+    [
+        ("user@acme.example", None),
+        ("User@ACME.EXAMPLE", None),
+        ("user@acme.example.", None),
+        ("user@evilacme.example", "sso_domain_not_allowed"),
+        ("user@acme.example.evil.example", "sso_domain_not_allowed"),
+        ("user@sub.acme.example", "sso_domain_not_allowed"),
+        # Not an address at all: nothing to link or create.
+        ("user@acme.example@evil.example", "sso_email_missing"),
+        # Its domain is no verified domain of the connection.
+        ("acme.example@evil.example", "sso_email_unverified"),
+    ],
+)
+def test_case_acc_4_the_allow_list_at_the_first_sso_sign_in(app, world, email, reason):
+    """cases/accounts.md ACC-4: the Security tab's domain allow-list holds at
+    a just-in-time account as at an invitation. The connection here has
+    verified each look-alike domain, so the allow-list alone decides."""
+    from idp.models import DomainAllowEntry, SecurityPolicy
+
+    ws, _, connection_id = world
+    set_connection(app, world, jit_enabled=True)
+    with app.app_context():
+        for domain in (
+            "evilacme.example",
+            "acme.example.evil.example",
+            "sub.acme.example",
+        ):
+            db.session.add(
+                SsoDomain(
+                    workspace_id=ws.id,
+                    connection_id=connection_id,
+                    domain=domain,
+                    verification_token=domain,
+                    verified_at=datetime.now(UTC),
+                    verified_by="operator",
+                )
+            )
+        db.session.add(DomainAllowEntry(workspace_id=ws.id, domain="acme.example"))
+        policy = db.session.get(SecurityPolicy, ws.id)
+        if policy is None:
+            policy = SecurityPolicy(workspace_id=ws.id)
+            db.session.add(policy)
+        policy.domain_restriction_enabled = True
+        db.session.commit()
+    before = counts(app)
+    if reason is None:
+        user_id = resolve(app, world, claims(email=email))
+        with app.app_context():
+            assert db.session.get(User, user_id).email == "user@acme.example"
+    else:
+        assert refusal(app, world, claims(email=email)) == reason
+        assert counts(app) == before
