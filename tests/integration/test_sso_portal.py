@@ -984,3 +984,16 @@ def test_test_connection_round_trip_signs_nobody_in(app, admin, acme, clock, tes
     assert admin.get(result_path).status_code == 404
     assert table_rows(app, Session) == sessions_before
     assert len(events(app, "sso.connection_tested")) == 1
+
+
+def test_time_claims_read_as_times_on_the_result_page():
+    from idp.web.portal.sso_view import received_rows
+
+    rows = dict(
+        received_rows(
+            {"received": {"iat": ["1796423136"], "name": ["1796423136"], "exp": ["x"]}}
+        )
+    )
+    assert rows["iat"] == ["1796423136 (2026-12-04 22:25:36 UTC)"]
+    # Only the time claims, and only numbers.
+    assert rows["name"] == ["1796423136"] and rows["exp"] == ["x"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -239,18 +239,33 @@ def domain_rows(connection: SsoConnection) -> list[DomainRow]:
     ]
 
 
+# ID-token claims that are Unix times (RFC 7519, OIDC Core 2).
+TIME_CLAIMS = frozenset({"iat", "exp", "nbf", "auth_time", "updated_at"})
+
+
 def received_rows(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """The attributes a test received, as name and values, by name."""
+    """The attributes a test received, as name and values, by name; a time
+    claim also as the UTC time it stands for."""
     received = result.get("received") or {}
     if not isinstance(received, dict):
         return []
     return sorted(
         (
             str(name),
-            [str(v) for v in values] if isinstance(values, list) else [str(values)],
+            [
+                _readable(str(name), str(v))
+                for v in (values if isinstance(values, list) else [values])
+            ],
         )
         for name, values in received.items()
     )
+
+
+def _readable(name: str, value: str) -> str:
+    if name not in TIME_CLAIMS or not value.isdigit() or len(value) > 12:
+        return value
+    moment = datetime.fromtimestamp(int(value), UTC)
+    return f"{value} ({moment:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 @dataclass(frozen=True)
