@@ -218,3 +218,31 @@ def test_an_unreachable_idp_fails_only_new_sign_ins(app, workspace):
     assert failure_reasons(app) == ["oidc_idp_unreachable"]
     # ... and the member signed in with a password carries on.
     assert member.get("/portal/profile").status_code == 200
+
+
+def test_no_sso_secret_reaches_the_logs(app, client, workspace, mock, caplog):
+    """16.2.5: the client secret, the authorization code, the PKCE verifier
+    and the cookies of a federated sign-in appear in no log line, at any
+    level (SQL statements and parameters included). The state and nonce
+    are not secrets: they travel in the redirect URL, and the state only
+    works in the browser holding the binding cookie."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy.engine")
+    make_user(app, workspace, "ann@example.com")
+    mock.set_user("ann-at-idp", {"email": "ann@example.com", "email_verified": True})
+    url = go_to_idp(client, workspace)
+    binding = _binding_of(client)[1]
+    with app.app_context():
+        from idp.models import SsoRequest
+
+        stored = db.session.scalars(sa.select(SsoRequest)).one().code_verifier
+        verifier = connections.decrypt(stored)
+    args = mock.authorize(url, "ann-at-idp")
+    assert come_back(client, workspace, args).status_code == 302
+    secrets = [CLIENT_SECRET, args["code"], verifier, binding, session_cookie(client)]
+    logged = caplog.text
+    assert logged, "nothing was logged: the test would prove nothing"
+    for secret in secrets:
+        assert secret and secret not in logged
