@@ -990,7 +990,7 @@ def test_a_read_only_member_cannot_reset_mfa(app, acme, clock):
     assert events(app, "mfa.reset") == []
 
 
-def test_an_admin_cannot_reset_another_workspaces_member(app, acme, idp_cli):
+def test_an_admin_cannot_reset_another_workspaces_member(app, acme, idp):
     """Attack (cross-tenant): an admin of Acme resets the MFA of a member of
     Globex by id, at the page and by POST; and the CLI asked for the wrong
     workspace."""
@@ -1005,7 +1005,7 @@ def test_an_admin_cannot_reset_another_workspaces_member(app, acme, idp_cli):
     answer = post_form(
         admin, f"/portal/users/{gil}/reset-mfa", {}, csrf_page="/portal/users"
     )
-    code, _, err = idp_cli(
+    code, _, err = idp(
         "user", "reset-mfa", "--workspace", acme.slug, "gil@globex.example"
     )
 
@@ -1014,24 +1014,6 @@ def test_an_admin_cannot_reset_another_workspaces_member(app, acme, idp_cli):
     assert answer.status_code == 404
     assert code == 2 and "no member" in err
     assert table_rows(app, TotpSecret, Session) == before
-
-
-@pytest.fixture
-def idp_cli(app, monkeypatch, capsys):  # type: ignore[no-untyped-def]
-    from idp import cli
-
-    monkeypatch.setattr(cli, "_app", lambda: app)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 # --- redirects ----------------------------------------------------------------------

@@ -37,24 +37,6 @@ ADMIN = "boss@example.com"
 
 
 @pytest.fixture
-def idp(app, monkeypatch, capsys):  # type: ignore[no-untyped-def]
-    """Run `idp ARGS...` in this process against the test application;
-    returns the exit code, standard output and standard error."""
-    monkeypatch.setattr(cli, "_app", lambda: app)
-
-    def _run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:  # argparse refusing the arguments
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return _run
-
-
-@pytest.fixture
 def acme(app):  # type: ignore[no-untyped-def]
     ws = make_workspace(app, "Acme")
     make_user(app, ws, ADMIN, role="admin")

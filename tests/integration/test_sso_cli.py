@@ -11,28 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from idp import cli
 from tests.conftest import make_user, make_workspace, post_form, signed_in
 from tests.integration.sso_helpers import add_connection, add_domain, domains_of, events
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def idp(app, monkeypatch, capsys):  # type: ignore[no-untyped-def]
-    """`idp ARGS...` in this process, against the test application."""
-    monkeypatch.setattr(cli, "_app", lambda: app)
-
-    def _run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return _run
 
 
 @pytest.fixture
