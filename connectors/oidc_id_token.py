@@ -16,7 +16,7 @@ import binascii
 import hmac
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jws
@@ -24,6 +24,7 @@ from joserfc.errors import BadSignatureError, JoseError, UnsupportedAlgorithmErr
 from joserfc.jwk import JWKRegistry, Key
 
 from connectors.oidc import ACCEPTED_ALGORITHMS, OidcError, Provider, is_tenant_id
+from connectors.profile import Profile
 
 # The key each algorithm needs: type, and the curve where one is fixed.
 _KEY_FOR = {
@@ -292,19 +293,6 @@ DEFAULT_CLAIMS = {
     "display_name": "name",
     "groups": "groups",
 }
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What the claims say about the person, as ``Claims`` wants it."""
-
-    email: str | None = None
-    email_verified: bool = False
-    first_name: str | None = None
-    last_name: str | None = None
-    display_name: str | None = None
-    groups: tuple[str, ...] = ()
-    received: dict[str, list[str]] = field(default_factory=dict)
 
 
 def profile(

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from connectors.profile import Profile
 from connectors.saml.response import SamlAssertion
 
 NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
@@ -70,17 +70,6 @@ DEFAULT_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 NAME_ID = "NameID"
 MAX_GROUPS = 500
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-
-
-@dataclass(frozen=True)
-class Profile:
-    email: str | None
-    first_name: str | None
-    last_name: str | None
-    display_name: str | None
-    groups: tuple[str, ...]
-    # Every attribute received, and the NameID under "NameID".
-    received: dict[str, list[str]]
 
 
 def looks_like_email(value: str) -> bool:

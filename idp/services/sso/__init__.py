@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from connectors.profile import Profile
 from idp.services.errors import ServiceError
 
 # The amr value of a session begun at a company IdP (RFC 8176 has none for
@@ -41,6 +42,33 @@ class Claims:
     received: dict[str, list[str]] = field(default_factory=dict)
     # Anything protocol-specific worth auditing (assertion id, tenant, ...).
     details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        issuer: str,
+        subject: str,
+        profile: Profile,
+        *,
+        email_verified: bool | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Claims:
+        """Claims from what a protocol mapped; ``email_verified`` when the
+        protocol, not the IdP, decides it (SAML)."""
+        return cls(
+            issuer=issuer,
+            subject=subject,
+            email=profile.email,
+            email_verified=profile.email_verified
+            if email_verified is None
+            else email_verified,
+            first_name=profile.first_name,
+            last_name=profile.last_name,
+            display_name=profile.display_name,
+            groups=profile.groups,
+            received=profile.received,
+            details=details or {},
+        )
 
     @property
     def full_name(self) -> str | None:

@@ -287,16 +287,10 @@ def callback(
     id_token = _exchange(ctx, workspace, connection, provider, request, code)
     token = _verify(ctx, connection, provider, request, id_token)
     mapped = oidc_id_token.profile(token.claims, connection.attribute_map)
-    claims = Claims(
-        issuer=token.issuer,
-        subject=token.subject,
-        email=mapped.email,
-        email_verified=mapped.email_verified,
-        first_name=mapped.first_name,
-        last_name=mapped.last_name,
-        display_name=mapped.display_name,
-        groups=mapped.groups,
-        received=mapped.received,
+    claims = Claims.of(
+        token.issuer,
+        token.subject,
+        mapped,
         details={"tenant": token.tenant} if token.tenant else {},
     )
     return claims, request

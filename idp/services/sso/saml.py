@@ -429,16 +429,13 @@ def consume(
     db.session.commit()
 
     mapped = saml.map_attributes(assertion, connection.attribute_map)
-    claims = Claims(
-        issuer=assertion.issuer,
-        subject=assertion.name_id,
-        email=mapped.email,
+    claims = Claims.of(
+        assertion.issuer,
+        assertion.name_id,
+        mapped,
+        # An IdP asserts the addresses of its own directory; linking also
+        # needs the address in one of the connection's verified domains.
         email_verified=True,
-        first_name=mapped.first_name,
-        last_name=mapped.last_name,
-        display_name=mapped.display_name,
-        groups=mapped.groups,
-        received=mapped.received,
         details={
             "assertion_id": assertion.assertion_id,
             "idp_initiated": idp_initiated,
