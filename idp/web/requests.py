@@ -121,31 +121,29 @@ def _refuse_nul() -> None:
                 )
 
 
-_LARGER_ENDPOINTS = frozenset({"portal.sso_saml", "sso.saml_acs"})
-
-
-def _larger_bodies() -> dict[str, int]:
+def _larger_bodies(fetch_max_bytes: int) -> dict[str, int]:
     """The POSTs that may run past the app's 64 KiB body limit, and theirs:
     IdP metadata uploads (AD FS publishes 70 KiB) and the IdP's answer at
     the ACS (many groups, an encrypted assertion)."""
-    metadata = settings()["sso"]["fetch_max_bytes"]
     return {
-        "portal.sso_saml": metadata + 64 * 1024,
+        "portal.sso_saml": fetch_max_bytes + 64 * 1024,
         "sso.saml_acs": 1024 * 1024,
     }
 
 
 def init_app(app: Flask) -> None:
+    larger = _larger_bodies(app.extensions["idp"].settings["sso"]["fetch_max_bytes"])
+
     @app.before_request
     def _load() -> None:
         g.request_id = secrets.token_hex(8)
         g.started = time.perf_counter()
         g.loaded = None
         g.refused = None
-        if request.method == "POST" and request.endpoint in _LARGER_ENDPOINTS:
+        limit = larger.get(request.endpoint or "") if request.method == "POST" else None
+        if limit is not None:
             # Before anything reads the form: Werkzeug applies the limits
             # when it parses the body.
-            limit = _larger_bodies()[request.endpoint]
             request.max_content_length = limit
             request.max_form_memory_size = limit
         if request.endpoint in (None, "static", "health.healthz", "health.readyz"):
